@@ -1,0 +1,61 @@
+"""corevital_otel: every transformers generate(), observed from the inside, through OpenTelemetry.
+
+import corevital_otel
+corevital_otel.instrument()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ConfigError, Options
+from .hookspecs import hookimpl, hookspec
+from .results import GenerationInfo, GenerationResults, StepSeries
+from .telemetry_types import MetricSpec
+from .version import __version__
+
+__all__ = [
+    "ConfigError",
+    "GenerationInfo",
+    "GenerationResults",
+    "MetricSpec",
+    "Options",
+    "StepSeries",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
+]
+
+
+def instrument(tracer_provider: Any = None, meter_provider: Any = None, **options: Any) -> Any:
+    """Trace every ``generate()`` in this process. Uses the given providers, else the global ones.
+
+    Options (each also readable from a ``COREVITAL_*`` variable, see docs/configuration.md):
+    ``capture_mode``, ``capture_logits``, ``capture_hidden_states``, ``capture_attention``,
+    ``max_step_events``, ``plugins``, ``disabled_plugins``, ``load_entry_point_plugins``,
+    ``plugin_options``, ``on_step``. Raises :class:`ConfigError` on an invalid value.
+    Returns the instrumentor. Calling it again while instrumented does nothing.
+    """
+    from .config import resolve_options
+    from .instrumentor import CoreVitalInstrumentor
+
+    resolve_options(options)  # fail here, with the option's name, before anything is patched
+    instrumentor = CoreVitalInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, **options)
+    return instrumentor
+
+
+def uninstrument() -> None:
+    """Remove the instrumentation: ``generate()`` and attention functions are restored exactly."""
+    from .instrumentor import CoreVitalInstrumentor
+
+    CoreVitalInstrumentor().uninstrument()
+
+
+def is_instrumented() -> bool:
+    from .instrumentor import CoreVitalInstrumentor
+
+    return CoreVitalInstrumentor().is_instrumented_by_opentelemetry

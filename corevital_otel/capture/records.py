@@ -1,0 +1,100 @@
+"""What the capture hands to plugins: one record per generated step and one for the prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention import query_probabilities
+
+
+@dataclass
+class StepCapture:
+    """The model's internals for one generated token, still on the model's device.
+
+    - ``logits``: ``(rows, vocab)`` raw next-token logits of the model (before any logits processor,
+      temperature, top-k or top-p), in float32.
+    - ``hidden``: ``(layers, rows, hidden)`` output of each decoder layer at the new position. This is the
+      *pre-final-norm* residual stream (transformers' ``output_hidden_states[-1]`` is post-norm).
+    - ``attention``: ``(layers, rows, heads, keys)`` softmax weights of the new query over all keys, per
+      head; keys beyond a layer's own key count are zero-filled.
+    - ``attention_keys``: ``(layers, rows)`` number of keys each row may attend to (padding excluded).
+    - ``chosen``: ``(rows,)`` token id chosen at this step, known one step later; None when unknown.
+
+    A field is None when its capture is switched off or unavailable for this model.
+    """
+
+    index: int
+    rows: int
+    logits: torch.Tensor | None
+    hidden: torch.Tensor | None
+    attention: torch.Tensor | None
+    attention_keys: torch.Tensor | None
+    chosen: torch.Tensor | None
+
+
+@dataclass
+class AttentionInputs:
+    """The query/key tensors one attention layer saw, kept so weights can be computed on demand."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    mask: torch.Tensor | None
+    scaling: float | None
+    position_bias: torch.Tensor | None = None
+    softcap: float | None = None
+    is_causal: bool = False
+
+
+@dataclass
+class PromptCapture:
+    """The prompt as the model processed it (prefill pass, or the encoder of a seq2seq model).
+
+    - ``input_ids`` ``(batch, prompt_len)`` and ``attention_mask`` (1 = real token, None = no padding).
+    - ``hidden_states``: per layer, ``(rows, prompt_len, hidden)`` layer outputs (pre-final-norm).
+    - ``final_hidden``: ``(rows, prompt_len, hidden)`` after the final norm, or None.
+    - ``attention_weights(layer, queries)``: softmax weights ``(rows, heads, len(queries), keys)``
+      computed on demand from the layer's own query/key tensors; pass a slice of query positions to
+      bound memory for long prompts.
+    - ``position_logits(positions)``: raw logits ``(rows, len(positions), vocab)`` predicting the token
+      after each prompt position (causal LMs only), from the output embeddings; None if unavailable.
+
+    Detailed fields are None when prompt capture is off or the prompt is longer than the configured limit.
+    """
+
+    input_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    is_encoder: bool
+    hidden_states: list[torch.Tensor] | None = None
+    final_hidden: torch.Tensor | None = None
+    attention_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
+    output_embeddings: nn.Module | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_states or ())
+
+    def attention_weights(self, layer: int, queries: slice | None = None) -> torch.Tensor | None:
+        inputs = self.attention_inputs.get(layer)
+        if inputs is None:
+            return None
+        return query_probabilities(
+            inputs.query,
+            inputs.key,
+            inputs.mask,
+            inputs.scaling,
+            inputs.position_bias,
+            inputs.softcap,
+            queries,
+            inputs.is_causal,
+        )
+
+    def position_logits(self, positions: slice | None = None) -> torch.Tensor | None:
+        if self.final_hidden is None or self.output_embeddings is None or self.is_encoder:
+            return None
+        hidden = self.final_hidden if positions is None else self.final_hidden[:, positions]
+        output: Any = self.output_embeddings(hidden)
+        return output.float()

@@ -1,0 +1,337 @@
+"""Capture for one generate() call: hooks in, one StepCapture per generated token, hooks out.
+
+Step ``s`` is the forward pass that produced the logits for generated token ``s`` (step 0 is the prefill
+pass, or the first decoder pass of a seq2seq model). The token chosen at step ``s`` only appears as the
+input of step ``s + 1`` (or in the returned sequences), so each step is handed on one forward pass late,
+complete with its chosen token.
+
+Every hook body is guarded: a failure in capture is recorded and that capture kind switched off for the
+rest of the call; it never reaches the caller's generate().
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from .active import ACTIVE_CAPTURE
+from .attention import new_query_probabilities
+from .layers import ModelLayout
+from .records import AttentionInputs, PromptCapture, StepCapture
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureSwitches:
+    logits: bool = True
+    hidden_states: bool = True
+    attention: bool = True
+    prompt: bool = True
+    prompt_max_tokens: int = 1024
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-layer ``(rows, heads, keys)`` tensors, zero-padding layers that saw fewer keys."""
+    widest = max(row.shape[-1] for row in rows)
+    if all(row.shape[-1] == widest for row in rows):
+        return torch.stack(rows)
+    return torch.stack([functional.pad(row, (0, widest - row.shape[-1])) for row in rows])
+
+
+class CaptureSession:
+    """Hooks one model for one generate() call and turns its forward passes into StepCaptures."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: ModelLayout,
+        switches: CaptureSwitches,
+        deliver_step: Callable[[StepCapture], None],
+        is_encoder_decoder: bool,
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.switches = switches
+        self.deliver_step = deliver_step
+        self.is_encoder_decoder = is_encoder_decoder
+        self.started = time.perf_counter()
+        self.step_seconds: list[float] = []
+        self.failures: dict[str, str] = {}
+        self.steps_seen = 0
+        self._pending: StepCapture | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hidden: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._attention: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._attention_keys: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._eager_attention = (
+            getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager"
+        )
+        # Prompt internals, referenced (not copied) while the prefill/encoder pass runs, released after use.
+        self.prompt_hidden: dict[int, torch.Tensor] = {}
+        self.prompt_attention: dict[int, AttentionInputs] = {}
+        self.prompt_final_hidden: torch.Tensor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True))
+        if self.switches.hidden_states:
+            for index, layer in enumerate(self.layout.layers):
+                self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
+        if self.switches.prompt:
+            self._attach_prompt_hooks()
+        if self.switches.attention and self._eager_attention:
+            # Eager attention bypasses the registry but returns its weights: read them from the output.
+            for layer in self.layout.layers:
+                for module in layer.modules():
+                    if id(module) in self.layout.self_attention:
+                        self._handles.append(module.register_forward_hook(self._after_eager_attention))
+
+    def _attach_prompt_hooks(self) -> None:
+        layout = self.layout
+        if self.is_encoder_decoder:
+            for index, layer in enumerate(layout.encoder_layers):
+                self._handles.append(layer.register_forward_hook(partial(self._after_prompt_layer, index)))
+            if layout.encoder_layers:
+                encoder_root = self.model.get_encoder()
+                self._handles.append(encoder_root.register_forward_hook(self._after_prompt_root))
+        elif layout.decoder_root is not None:
+            self._handles.append(layout.decoder_root.register_forward_hook(self._after_prompt_root))
+
+    def _in_prefill(self) -> bool:
+        return not self.is_encoder_decoder and self.steps_seen == 0
+
+    def _prompt_fits(self, length: int) -> bool:
+        return self.switches.prompt and length <= self.switches.prompt_max_tokens
+
+    def _after_prompt_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
+        hidden = _first_tensor(output)
+        if (
+            self._is_mine()
+            and hidden is not None
+            and hidden.dim() == 3
+            and self._prompt_fits(hidden.shape[1])
+        ):
+            self.prompt_hidden[index] = hidden
+
+    def _after_prompt_root(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self._is_mine() or not (self.is_encoder_decoder or self._in_prefill()):
+            return
+        hidden = getattr(output, "last_hidden_state", None)
+        if hidden is None:
+            hidden = _first_tensor(output)
+        if hidden is not None and hidden.dim() == 3 and self._prompt_fits(hidden.shape[1]):
+            self.prompt_final_hidden = hidden
+
+    def prompt_capture(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> PromptCapture:
+        """What was kept of the prompt pass; call ``release_prompt`` once plugins have read it."""
+        layers = self.layout.encoder_layers if self.is_encoder_decoder else self.layout.layers
+        complete = bool(layers) and len(self.prompt_hidden) == len(layers)
+        get_output_embeddings = getattr(self.model, "get_output_embeddings", None)
+        return PromptCapture(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            is_encoder=self.is_encoder_decoder,
+            hidden_states=[self.prompt_hidden[i] for i in range(len(layers))] if complete else None,
+            final_hidden=self.prompt_final_hidden,
+            attention_inputs=dict(self.prompt_attention),
+            output_embeddings=get_output_embeddings() if callable(get_output_embeddings) else None,
+        )
+
+    def release_prompt(self) -> None:
+        self.prompt_hidden.clear()
+        self.prompt_attention.clear()
+        self.prompt_final_hidden = None
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def finish(self, final_tokens: torch.Tensor | None) -> None:
+        """Deliver the last step, whose chosen token is only known from the returned sequences."""
+        if self._pending is not None:
+            chosen = (
+                final_tokens
+                if final_tokens is not None and final_tokens.shape[0] == self._pending.rows
+                else None
+            )
+            self._complete_pending(chosen)
+
+    def _fail(self, kind: str, error: BaseException) -> None:
+        if kind not in self.failures:
+            self.failures[kind] = f"{type(error).__name__}: {error}"
+            logger.warning("corevital capture of %s failed and is off for this generation: %s", kind, error)
+
+    def _is_mine(self) -> bool:
+        return ACTIVE_CAPTURE.get() is self
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self._is_mine():
+            return
+        try:
+            if self._pending is not None:
+                name = "decoder_input_ids" if self.is_encoder_decoder else "input_ids"
+                ids = kwargs.get(name)
+                if ids is None and args and not self.is_encoder_decoder:
+                    ids = args[0]
+                chosen = (
+                    ids[:, -1]
+                    if isinstance(ids, torch.Tensor) and ids.shape[0] == self._pending.rows
+                    else None
+                )
+                self._complete_pending(chosen)
+            self._reset_layer_buffers()
+        except Exception as error:  # noqa: BLE001 - capture must never break generation
+            self._fail("steps", error)
+
+    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self._is_mine():
+            return
+        self.step_seconds.append(time.perf_counter() - self.started)
+        try:
+            logits = getattr(output, "logits", None)
+            if logits is None:
+                logits = _first_tensor(output)
+            if logits is None:
+                raise TypeError(f"forward output {type(output).__name__} has no logits")
+            last_logits = (
+                logits[:, -1, :].float() if self.switches.logits and "logits" not in self.failures else None
+            )
+            self._pending = StepCapture(
+                index=self.steps_seen,
+                rows=int(logits.shape[0]),
+                logits=last_logits,
+                hidden=self._collect_hidden(),
+                attention=self._collect_attention(),
+                attention_keys=self._collect_attention_keys(),
+                chosen=None,
+            )
+            self.steps_seen += 1
+        except Exception as error:  # noqa: BLE001
+            self._fail("steps", error)
+
+    def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self._is_mine():
+            return
+        hidden = _first_tensor(output)
+        if hidden is not None and hidden.dim() == 3:
+            self._hidden[index] = hidden[:, -1, :]
+            if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
+                self.prompt_hidden[index] = hidden
+
+    def _after_eager_attention(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self._is_mine() or not isinstance(output, tuple) or len(output) < 2:
+            return
+        weights = output[1]
+        layer = self.layout.self_attention.get(id(module))
+        if layer is None or not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+            return
+        row = weights[:, :, -1, :].float()
+        self._attention[layer] = row
+        self._attention_keys[layer] = (row[:, 0, :] > 0).sum(dim=-1)
+
+    def observe_attention(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None,
+        kwargs: dict,
+    ) -> None:
+        """Called by the attention-registry wrapper for every attention call on this thread."""
+        if not self.switches.attention or "attention" in self.failures:
+            return
+        layer = self.layout.self_attention.get(id(module))
+        if layer is None:
+            encoder_layer = self.layout.encoder_self_attention.get(id(module))
+            if encoder_layer is not None and self._prompt_fits(query.shape[2]):
+                self._keep_prompt_attention(encoder_layer, module, query, key, mask, kwargs, causal=False)
+            return
+        if self._in_prefill() and self._prompt_fits(query.shape[2]):
+            self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
+        try:
+            probs, key_counts = new_query_probabilities(
+                query,
+                key,
+                mask,
+                kwargs.get("scaling"),
+                position_bias=kwargs.get("position_bias"),
+                softcap=kwargs.get("softcap"),
+            )
+            self._attention[layer] = probs
+            self._attention_keys[layer] = key_counts
+        except Exception as error:  # noqa: BLE001
+            self._fail("attention", error)
+
+    def _keep_prompt_attention(
+        self,
+        layer: int,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: Any,
+        kwargs: dict,
+        causal: bool,
+    ) -> None:
+        self.prompt_attention[layer] = AttentionInputs(
+            query=query,
+            key=key,
+            mask=mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None,
+            scaling=kwargs.get("scaling"),
+            position_bias=kwargs.get("position_bias"),
+            softcap=kwargs.get("softcap"),
+            is_causal=bool(getattr(module, "is_causal", causal)) and causal,
+        )
+
+    # -- assembling a step -----------------------------------------------------------------------
+
+    def _reset_layer_buffers(self) -> None:
+        for buffer in (self._hidden, self._attention, self._attention_keys):
+            for index in range(len(buffer)):
+                buffer[index] = None
+
+    def _collect_hidden(self) -> torch.Tensor | None:
+        if not self.switches.hidden_states or not self._hidden or any(h is None for h in self._hidden):
+            return None
+        return torch.stack(self._hidden).float()  # type: ignore[arg-type]
+
+    def _collect_attention(self) -> torch.Tensor | None:
+        if not self.switches.attention or not self._attention or any(a is None for a in self._attention):
+            return None
+        return _stack_padded(self._attention)  # type: ignore[arg-type]
+
+    def _collect_attention_keys(self) -> torch.Tensor | None:
+        if not self._attention_keys or any(k is None for k in self._attention_keys):
+            return None
+        return torch.stack(self._attention_keys)  # type: ignore[arg-type]
+
+    def _complete_pending(self, chosen: torch.Tensor | None) -> None:
+        step = self._pending
+        self._pending = None
+        if step is None:
+            return
+        step.chosen = chosen
+        self.deliver_step(step)

@@ -1,0 +1,135 @@
+"""Instrumentation options: instrument() keywords first, then COREVITAL_* variables, then defaults.
+
+Every invalid value raises :class:`ConfigError` at instrument() time, naming the argument or variable,
+so a typo never silently turns capture off in production.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+CAPTURE_MODES = ("full", "summary", "on_risk")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """An instrumentation option has an invalid value."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Resolved instrumentation options (see docs/configuration.md for each variable)."""
+
+    capture_mode: str = "full"
+    capture_logits: bool = True
+    capture_hidden_states: bool = True
+    capture_attention: bool = True
+    capture_prompt: bool = True
+    prompt_max_tokens: int = 1024
+    max_step_events: int = 32
+    load_entry_point_plugins: bool = True
+    disabled_plugins: frozenset[str] = frozenset()
+    plugins: tuple[Any, ...] = ()
+    plugin_options: Mapping[str, Any] = field(default_factory=dict)
+    on_step: Callable[..., Any] | None = None
+
+
+def _parse_bool(variable: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{variable}={raw!r}: expected one of true/false/1/0/yes/no/on/off")
+
+
+def _parse_non_negative_int(variable: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{variable}={raw!r}: expected a non-negative integer") from None
+    if value < 0:
+        raise ConfigError(f"{variable}={raw!r}: expected a non-negative integer")
+    return value
+
+
+def _parse_capture_mode(variable: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in CAPTURE_MODES:
+        raise ConfigError(f"{variable}={raw!r}: expected one of {', '.join(CAPTURE_MODES)}")
+    return value
+
+
+def _parse_name_list(variable: str, raw: str) -> frozenset[str]:
+    names = [part.strip() for part in raw.split(",")]
+    if any(not name for name in names) and raw.strip():
+        raise ConfigError(f"{variable}={raw!r}: expected comma-separated plugin names without empty entries")
+    return frozenset(name for name in names if name)
+
+
+# option name -> (environment variable, parser)
+ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "capture_mode": ("COREVITAL_CAPTURE_MODE", _parse_capture_mode),
+    "capture_logits": ("COREVITAL_CAPTURE_LOGITS", _parse_bool),
+    "capture_hidden_states": ("COREVITAL_CAPTURE_HIDDEN_STATES", _parse_bool),
+    "capture_attention": ("COREVITAL_CAPTURE_ATTENTION", _parse_bool),
+    "capture_prompt": ("COREVITAL_CAPTURE_PROMPT", _parse_bool),
+    "prompt_max_tokens": ("COREVITAL_PROMPT_MAX_TOKENS", _parse_non_negative_int),
+    "max_step_events": ("COREVITAL_MAX_STEP_EVENTS", _parse_non_negative_int),
+    "load_entry_point_plugins": ("COREVITAL_LOAD_PLUGINS", _parse_bool),
+    "disabled_plugins": ("COREVITAL_DISABLED_PLUGINS", _parse_name_list),
+}
+
+_OPTION_NAMES = {f.name for f in fields(Options)}
+_BOOL_OPTIONS = {
+    "capture_logits",
+    "capture_hidden_states",
+    "capture_attention",
+    "capture_prompt",
+    "load_entry_point_plugins",
+}
+_COUNT_OPTIONS = {"max_step_events", "prompt_max_tokens"}
+
+
+def _validate_keyword(name: str, value: Any) -> Any:
+    """Check a keyword argument; strings go through the same parser as the environment variable."""
+    if name in ENVIRONMENT_VARIABLES and isinstance(value, str):
+        _, parse = ENVIRONMENT_VARIABLES[name]
+        return parse(name, value)
+    if name == "capture_mode":
+        raise ConfigError(f"capture_mode={value!r}: expected one of {', '.join(CAPTURE_MODES)}")
+    if name in _COUNT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigError(f"{name}={value!r}: expected a non-negative integer")
+    if name in _BOOL_OPTIONS and not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r}: expected True or False")
+    if name == "disabled_plugins":
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"disabled_plugins={value!r}: expected a collection of plugin names")
+        return frozenset(value)
+    if name == "plugins":
+        return tuple(value)
+    if name == "plugin_options" and not isinstance(value, Mapping):
+        raise ConfigError(f"plugin_options={value!r}: expected a mapping of plugin name to options")
+    if name == "on_step" and value is not None and not callable(value):
+        raise ConfigError(f"on_step={value!r}: expected a callable or None")
+    return value
+
+
+def resolve_options(keywords: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
+    """Merge keyword arguments over environment variables over defaults, validating each."""
+    environ = os.environ if environ is None else environ
+    unknown = sorted(set(keywords) - _OPTION_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown instrumentation option(s): {', '.join(unknown)}")
+    resolved: dict[str, Any] = {}
+    for name, (variable, parse) in ENVIRONMENT_VARIABLES.items():
+        raw = environ.get(variable)
+        if raw is not None and raw.strip() != "":
+            resolved[name] = parse(variable, raw)
+    for name, value in keywords.items():
+        resolved[name] = _validate_keyword(name, value)
+    return Options(**resolved)

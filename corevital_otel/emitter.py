@@ -1,0 +1,153 @@
+"""Turns one generation's results into span attributes, bounded step events and metric points.
+
+Spans keep 128 attributes and 128 events by default and silently drop the *oldest* when full, which
+would throw away the GenAI attributes set first. So the emitter fits what it writes to the span's
+limits itself: it drops the least important attributes first and emits only a chosen set of step
+events, and says how many of each it left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from opentelemetry.sdk.trace import SpanLimits
+
+from .results import GenerationResults, StepSeries
+
+STEP_EVENT = "corevital.step"
+ATTRIBUTES_DROPPED = "corevital.attributes.dropped"
+STEP_EVENTS_DROPPED = "corevital.step.events_dropped"
+STEP_EVENTS_EMITTED = "corevital.step.events_emitted"
+_RESERVED_ATTRIBUTES = 2  # room for the two bookkeeping attributes above
+
+# Lower rank = kept first when the span cannot hold everything.
+_PRIORITY_PREFIXES = (
+    ("gen_ai.", 0),
+    ("error.", 0),
+    ("corevital.health.", 1),
+    ("corevital.risk.", 1),
+    ("corevital.capture.", 1),
+    ("corevital.plugin.", 1),
+    ("corevital.layers.", 3),
+    ("corevital.steps.", 4),
+)
+
+_OMIT = object()
+
+
+def _rank(name: str) -> int:
+    for prefix, rank in _PRIORITY_PREFIXES:
+        if name.startswith(prefix):
+            return rank
+    return 2
+
+
+def _plain(value: Any) -> Any:
+    """numpy/torch scalars to Python; non-finite floats to None (JSON and OTLP consumers choke on NaN)."""
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
+def clean_attribute(value: Any) -> Any:
+    """An OpenTelemetry-valid attribute value, or ``_OMIT`` for a scalar that is not a finite number."""
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist()
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, Sequence):
+        items = [_plain(item) for item in value]
+        # Arrays must be homogeneous: a None stands for a non-finite entry (OTLP's empty AnyValue).
+        return tuple(items)
+    plain = _plain(value)
+    return _OMIT if plain is None else plain
+
+
+def span_limits(span: Any) -> tuple[int | None, int | None]:
+    """(max attributes, max events) the span will keep; SDK defaults when the span does not say."""
+    limits = getattr(span, "_limits", None)
+    if limits is None:
+        limits = SpanLimits()
+    return limits.max_span_attributes, limits.max_events
+
+
+def fit_attributes(span: Any, attributes: dict[str, Any]) -> dict[str, Any]:
+    """Clean ``attributes`` and drop the least important ones that would not fit in the span."""
+    cleaned = {}
+    for name, value in attributes.items():
+        value = clean_attribute(value)
+        if value is not _OMIT:
+            cleaned[name] = value
+    max_attributes, _ = span_limits(span)
+    if max_attributes is None:
+        return cleaned
+    already = len(getattr(span, "attributes", None) or {})
+    room = max(max_attributes - already - _RESERVED_ATTRIBUTES, 0)
+    if len(cleaned) <= room:
+        return cleaned
+    ordered = sorted(cleaned, key=_rank)  # stable: keeps plugin order within a rank
+    kept = {name: cleaned[name] for name in ordered[:room]}
+    kept[ATTRIBUTES_DROPPED] = len(cleaned) - room
+    return kept
+
+
+def choose_event_steps(total: int, flagged: Iterable[int], budget: int) -> list[int]:
+    """Which steps get an event: flagged steps first, then the first and last steps, within ``budget``."""
+    if budget <= 0 or total <= 0:
+        return []
+    chosen: list[int] = []
+    for step in sorted({s for s in flagged if 0 <= s < total}):
+        if len(chosen) == budget:
+            break
+        chosen.append(step)
+    head, tail = 0, total - 1
+    taken = set(chosen)
+    while len(chosen) < budget and head <= tail:
+        for step in (head, tail):
+            if step not in taken and len(chosen) < budget:
+                chosen.append(step)
+                taken.add(step)
+        head, tail = head + 1, tail - 1
+    return sorted(chosen)
+
+
+def step_event_attributes(series: StepSeries, step: int, reasons: list[str]) -> dict[str, Any]:
+    """One event's attributes: the step index and each per-step scalar series, one entry per row."""
+    attributes: dict[str, Any] = {"corevital.step.index": step}
+    if reasons:
+        attributes["corevital.step.reasons"] = tuple(reasons)
+    for name, array in series.arrays.items():
+        if array.ndim == 2:
+            values = np.where(series.mask[step], array[step], np.nan)
+            attributes[f"corevital.{name}"] = clean_attribute(values)
+    return attributes
+
+
+def emit_step_events(
+    span: Any, series: StepSeries, results: GenerationResults, max_events: int
+) -> dict[str, int]:
+    """Add bounded ``corevital.step`` events; return the bookkeeping attributes to set on the span."""
+    _, span_max_events = span_limits(span)
+    budget = max_events if span_max_events is None else min(max_events, span_max_events)
+    steps = choose_event_steps(series.steps, results.flagged_steps, budget)
+    for step in steps:
+        span.add_event(STEP_EVENT, step_event_attributes(series, step, results.flagged_steps.get(step, [])))
+    return {STEP_EVENTS_EMITTED: len(steps), STEP_EVENTS_DROPPED: series.steps - len(steps)}
+
+
+def series_attributes(series: StepSeries) -> dict[str, Any]:
+    """Every per-step scalar series as one array attribute, rows concatenated (row-major)."""
+    attributes: dict[str, Any] = {}
+    for name, array in series.arrays.items():
+        if array.ndim == 2:
+            values = np.where(series.mask, array, np.nan).T  # (rows, steps)
+            attributes[f"corevital.steps.{name}"] = values
+    return attributes

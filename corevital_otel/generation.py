@@ -1,0 +1,305 @@
+"""One instrumented generate() call, from span start to span end.
+
+The caller's generate() runs untouched between ``begin`` and ``complete``/``fail``; everything this
+module does around it is guarded, so a failure of ours costs telemetry, never the generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import emitter
+from .capture.active import ACTIVE_CAPTURE
+from .capture.attention import install_attention_wrappers
+from .capture.layers import locate_layout
+from .capture.records import StepCapture
+from .capture.session import CaptureSession, CaptureSwitches
+from .config import Options
+from .families import model_family
+from .plugin_host import PluginFailure, PluginHost
+from .request import (
+    GenerationRequest,
+    generated_part,
+    resolve_request,
+    returned_sequences,
+    summarize_completion,
+)
+from .results import GenerationInfo, GenerationResults, StepSeries
+from .series import SeriesCollector
+from .telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+_ANALYSIS_PHASES = ("corevital_summarize", "corevital_assess", "corevital_explain")
+
+
+@dataclass
+class Runtime:
+    """What instrument() set up: options, plugins and telemetry, shared by every call."""
+
+    options: Options
+    plugins: PluginHost
+    telemetry: Telemetry
+
+
+def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, kwargs: dict) -> Any:
+    """Call the original generate() inside a CoreVital generation; the original's result or exception wins."""
+    if ACTIVE_CAPTURE.get() is not None:
+        # Re-entered (a model's own generate() calling super().generate()): the outer call traces it.
+        return original(model, *args, **kwargs)
+    try:
+        call = GenerationCall(runtime, model, args, kwargs)
+    except Exception:  # noqa: BLE001
+        logger.warning("corevital could not start tracing this generate() call", exc_info=True)
+        return original(model, *args, **kwargs)
+    token = ACTIVE_CAPTURE.set(call.session)
+    try:
+        with trace.use_span(
+            call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            output = original(model, *args, **kwargs)
+    except BaseException as error:
+        ACTIVE_CAPTURE.reset(token)
+        call.finish(None, error)
+        raise
+    ACTIVE_CAPTURE.reset(token)
+    call.finish(output, None)
+    return output
+
+
+def decode_timing(series: StepSeries) -> tuple[float | None, float | None]:
+    """Seconds to the first token's logits, and mean seconds per token after it (None when unknown)."""
+    if not series.steps:
+        return None, None
+    first = float(series.step_seconds[0])
+    if series.steps < 2:
+        return first, None
+    return first, float(series.step_seconds[-1] - series.step_seconds[0]) / (series.steps - 1)
+
+
+class GenerationCall:
+    """Span, capture session and plugin phases of one generate() call."""
+
+    def __init__(self, runtime: Runtime, model: Any, args: tuple, kwargs: dict) -> None:
+        self.runtime = runtime
+        self.started = time.perf_counter()
+        self.failures: list[PluginFailure] = []
+        self.series = SeriesCollector()
+        self.request: GenerationRequest = resolve_request(model, args, kwargs)
+        options = runtime.options
+        layout = locate_layout(model)
+        request = self.request
+        fanout = request.num_beams if request.num_beams > 1 else request.num_return_sequences
+        self.info = GenerationInfo(
+            model_name=request.model_name,
+            model_type=request.model_type,
+            family=model_family(request.model_type),
+            is_encoder_decoder=request.is_encoder_decoder,
+            num_layers=layout.num_layers,
+            num_heads=layout.num_heads,
+            rows=request.batch_size * fanout,
+            num_beams=request.num_beams,
+            max_new_tokens=request.max_new_tokens,
+            capture_mode=options.capture_mode,
+            options=options.plugin_options,
+            model=model,
+        )
+        self.span = runtime.telemetry.tracer.start_span(
+            f"text_completion {request.model_name}",
+            kind=SpanKind.INTERNAL,
+            attributes=request.span_attributes(),
+        )
+        self._prompt_delivered = False
+        self._prompt_results: dict[str, Any] = {}
+        self.lost: list[str] = []
+        if not layout.layers:
+            self.lost.append("hidden_states and attention: decoder layers not found")
+        install_attention_wrappers()  # also wraps attention functions registered since instrument()
+        switches = CaptureSwitches(
+            logits=options.capture_logits,
+            hidden_states=options.capture_hidden_states and bool(layout.layers),
+            attention=options.capture_attention and bool(layout.self_attention),
+            prompt=options.capture_prompt,
+            prompt_max_tokens=options.prompt_max_tokens,
+        )
+        self.session = CaptureSession(model, layout, switches, self._on_step, request.is_encoder_decoder)
+        for _ in runtime.plugins.call_each("corevital_generation_start", self.failures, info=self.info):
+            pass
+        self.session.attach()
+
+    # -- during generation ---------------------------------------------------------------------
+
+    def _deliver_prompt(self) -> None:
+        self._prompt_delivered = True
+        prompt = self.session.prompt_capture(self.request.input_ids, self.request.attention_mask)
+        try:
+            for _, values in self.runtime.plugins.call_each(
+                "corevital_prompt", self.failures, info=self.info, prompt=prompt
+            ):
+                if values:
+                    self._prompt_results.update(values)
+        finally:
+            self.session.release_prompt()
+
+    def _on_step(self, step: StepCapture) -> None:
+        if not self._prompt_delivered:
+            self._deliver_prompt()
+        outputs: dict[str, torch.Tensor] = {}
+        for plugin, values in self.runtime.plugins.call_each(
+            "corevital_step", self.failures, info=self.info, step=step
+        ):
+            for name, value in (values or {}).items():
+                if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != step.rows:
+                    error = TypeError(
+                        f"step value {name!r} must be a tensor with first dimension {step.rows}"
+                    )
+                    self.runtime.plugins.record_failure(self.failures, plugin, "corevital_step", error)
+                    continue
+                self.series.add(step.index, name, value)
+                outputs[name] = value
+        if self.runtime.options.on_step is not None:
+            try:
+                self.runtime.options.on_step(self.info, step.index, outputs)
+            except Exception:  # noqa: BLE001
+                logger.warning("corevital on_step callback failed", exc_info=True)
+
+    # -- after generation ----------------------------------------------------------------------
+
+    def finish(self, output: Any, error: BaseException | None) -> None:
+        try:
+            with torch.no_grad():
+                self._finish(output, error)
+        except Exception:  # noqa: BLE001
+            logger.warning("corevital failed to finish a generation span", exc_info=True)
+            self.span.set_attribute("corevital.capture.lost", ("telemetry: finishing failed",))
+        finally:
+            self.session.detach()
+            if self.span.is_recording():
+                self.span.end()
+
+    def _finish(self, output: Any, error: BaseException | None) -> None:
+        request = self.request
+        sequences = returned_sequences(output) if error is None else None
+        generated = generated_part(request, sequences) if sequences is not None else None
+        rows_match = generated is not None and generated.shape[0] == self.info.rows and request.num_beams == 1
+        final_tokens = generated[:, -1] if rows_match and generated.shape[1] > 0 else None
+        self.session.finish(final_tokens)
+        self.session.detach()
+        duration = time.perf_counter() - self.started
+        completion = summarize_completion(request, sequences)
+        steps = self.session.steps_seen
+        series = self._host_series(steps, generated if rows_match else None, completion.output_tokens)
+        results = GenerationResults()
+        results.attributes.update(self._prompt_results)
+        for phase in _ANALYSIS_PHASES:
+            for _ in self.runtime.plugins.call_each(
+                phase, self.failures, info=self.info, series=series, results=results
+            ):
+                pass
+        attributes = self._core_attributes(completion, series, error)
+        attributes.update(results.attributes)
+        if self._full_detail(results):
+            attributes.update(emitter.series_attributes(series))
+            attributes.update(
+                emitter.emit_step_events(self.span, series, results, self.runtime.options.max_step_events)
+            )
+        lost = self.lost + [f"{kind}: {why}" for kind, why in self.session.failures.items()] + results.lost
+        lost += [f"plugin {f.plugin} failed in {f.phase}: {f.error_type}" for f in self.failures]
+        if lost:
+            attributes["corevital.capture.lost"] = tuple(dict.fromkeys(lost))
+        self.span.set_attributes(emitter.fit_attributes(self.span, attributes))
+        if error is not None:
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
+            self.span.record_exception(error)
+        with trace.use_span(self.span, end_on_exit=False):  # metric exemplars link to this span
+            self._record_metrics(completion, series, results, duration, error)
+
+    def _full_detail(self, results: GenerationResults) -> bool:
+        mode = self.runtime.options.capture_mode
+        return mode == "full" or (mode == "on_risk" and bool(results.get("corevital.capture.escalated")))
+
+    def _host_series(
+        self, steps: int, generated: torch.Tensor | None, output_tokens: list[int]
+    ) -> StepSeries:
+        rows = self.info.rows
+        mask = np.ones((steps, rows), dtype=bool)
+        tokens = np.full((steps, rows), -1, dtype=np.int64)
+        if generated is not None:
+            host = generated.cpu().numpy()
+            width = min(steps, host.shape[1])
+            tokens[:width] = host[:, :width].T
+            for row, length in enumerate(output_tokens[:rows]):
+                mask[length:, row] = False
+        seconds = np.asarray(self.session.step_seconds[:steps], dtype=np.float64)
+        return self.series.to_host(steps, mask, tokens, seconds)
+
+    def _core_attributes(
+        self, completion: Any, series: StepSeries, error: BaseException | None
+    ) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": completion.input_tokens,
+            "corevital.steps.count": series.steps,
+            "corevital.sequences.count": self.info.rows,
+        }
+        if error is None:
+            attributes["gen_ai.usage.output_tokens"] = completion.total_output_tokens
+            attributes["gen_ai.response.finish_reasons"] = tuple(completion.finish_reasons)
+            attributes["gen_ai.response.model"] = self.request.model_name
+        else:
+            attributes["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"
+        first_token, per_token = decode_timing(series)
+        if first_token is not None:
+            attributes["corevital.time_to_first_token"] = first_token
+        if per_token is not None:
+            attributes["corevital.time_per_output_token"] = per_token
+        return attributes
+
+    def _record_metrics(
+        self, completion: Any, series: StepSeries, results: GenerationResults, duration: float, error: Any
+    ) -> None:
+        telemetry = self.runtime.telemetry
+        base = {
+            "gen_ai.operation.name": "text_completion",
+            "gen_ai.provider.name": "huggingface",
+            "gen_ai.request.model": self.request.model_name,
+        }
+        outcome = dict(base)
+        if error is not None:
+            outcome["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"
+        telemetry.record("gen_ai.client.operation.duration", duration, outcome)
+        telemetry.record(
+            "gen_ai.client.token.usage", completion.input_tokens, {**base, "gen_ai.token.type": "input"}
+        )
+        if error is None:
+            output_tokens = completion.total_output_tokens
+            telemetry.record(
+                "gen_ai.client.token.usage", output_tokens, {**base, "gen_ai.token.type": "output"}
+            )
+        first_token, per_token = decode_timing(series)
+        if first_token is not None:
+            telemetry.record("gen_ai.server.time_to_first_token", first_token, base)
+        if per_token is not None:
+            telemetry.record("gen_ai.server.time_per_output_token", per_token, base)
+        for recording in results.metrics:
+            if recording.name not in telemetry.specs:
+                error_name = f"undeclared metric {recording.name!r}"
+                self.failures.append(PluginFailure("unknown", "record_metric", "KeyError", error_name))
+                continue
+            telemetry.record(recording.name, recording.value, {**base, **recording.attributes})
+        for failure in self.failures:
+            attributes = {
+                **base,
+                "corevital.plugin.name": failure.plugin,
+                "corevital.plugin.phase": failure.phase,
+            }
+            telemetry.record("corevital.plugin.errors", 1, attributes)
+        for kind in self.session.failures:
+            telemetry.record("corevital.capture.errors", 1, {**base, "corevital.capture.kind": kind})

@@ -1,0 +1,85 @@
+"""The plugin API: pluggy hook specifications and the plain-data types they exchange.
+
+A metric plugin is any object (often a module) with functions marked ``@hookimpl`` whose names match
+the specs below. Plugins never touch OpenTelemetry: they return tensors, floats and dicts, and the core
+turns them into span attributes, events and metric recordings.
+
+Phases run in this order for every generate() call; a later phase sees everything earlier phases wrote,
+so dependencies between plugins need no registration order:
+
+1. ``corevital_generation_start`` once, before the first forward pass;
+2. ``corevital_prompt`` once, with the prefill (or seq2seq encoder) pass;
+3. ``corevital_step`` once per generated token, on the model's device, without host syncs;
+4. ``corevital_summarize`` once, on host data: step series -> aggregates;
+5. ``corevital_assess`` once: flags, risk, blame, built from the aggregates;
+6. ``corevital_explain`` once: narrative text built from everything above.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from .capture.records import PromptCapture, StepCapture
+    from .results import GenerationInfo, GenerationResults, StepSeries
+    from .telemetry_types import MetricSpec
+
+PROJECT_NAME = "corevital_otel"
+ENTRY_POINT_GROUP = "corevital_otel"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+class CoreVitalHookSpecs:
+    """Hook specifications every CoreVital metric plugin implements a subset of."""
+
+    @hookspec
+    def corevital_declare_metrics(self) -> list[MetricSpec]:
+        """Declare the OTLP metrics this plugin records (name, unit, kind, description, buckets).
+
+        Called once when instrumentation starts; the core creates each instrument once. A plugin records
+        values with ``results.record_metric(name, value, attributes)``; recording an undeclared name is an
+        error that the core counts against the plugin.
+        """
+
+    @hookspec
+    def corevital_generation_start(self, info: GenerationInfo) -> None:
+        """A generate() call begins. ``info`` describes the model and request; ``info.state`` is a dict
+        private to each plugin (keyed by plugin name) for per-generation scratch data."""
+
+    @hookspec
+    def corevital_prompt(self, info: GenerationInfo, prompt: PromptCapture) -> dict[str, Any] | None:
+        """The prompt was processed (prefill pass, or the encoder for seq2seq models).
+
+        Return plain host values (floats, lists, numpy arrays) keyed by attribute name; they are merged
+        into the results' attributes. Runs after the prefill forward, before decoding continues.
+        """
+
+    @hookspec
+    def corevital_step(self, info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+        """One generated token's capture: raw logits, new-position hidden states, new-query attention.
+
+        Return small tensors whose first dimension is the batch row (``step.rows``), e.g. ``(rows,)`` or
+        ``(rows, layers)``. They stay on the model's device; the core stacks them into step series and
+        moves everything to the host in one transfer after generate() returns. Never call ``.item()``,
+        ``.cpu()`` or ``.tolist()`` here: on a GPU each one stalls generation.
+        """
+
+    @hookspec
+    def corevital_summarize(
+        self, info: GenerationInfo, series: StepSeries, results: GenerationResults
+    ) -> None:
+        """Turn step series (host numpy arrays, ``(steps, rows, ...)``) into aggregates on ``results``."""
+
+    @hookspec
+    def corevital_assess(self, info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
+        """Derive decisions from aggregates: health flags, risk, layer blame."""
+
+    @hookspec
+    def corevital_explain(self, info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
+        """Write human-readable explanations (narratives) from everything computed so far."""

@@ -1,0 +1,55 @@
+"""The OpenTelemetry instrumentor run by ``opentelemetry-instrument`` and ``corevital_otel.instrument()``."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from .capture.attention import install_attention_wrappers, uninstall_attention_wrappers
+from .config import resolve_options
+from .generation import Runtime, run_instrumented
+from .patching import patch_generate, unpatch_generate
+from .plugin_host import PluginFailure, PluginHost
+from .telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+_INSTRUMENTS = ("transformers >= 5.0, < 6",)
+
+
+class CoreVitalInstrumentor(BaseInstrumentor):
+    """Traces every transformers ``generate()`` call with CoreVital's internal metrics.
+
+    Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider`` (default: the global
+    ones, never replaced), ``plugins`` (extra plugin objects) and the options in ``corevital_otel.config``.
+    """
+
+    runtime: Runtime | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _INSTRUMENTS
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer_provider = kwargs.pop("tracer_provider", None)
+        meter_provider = kwargs.pop("meter_provider", None)
+        options = resolve_options(kwargs)
+        plugins = PluginHost.load(options.plugins, options.disabled_plugins, options.load_entry_point_plugins)
+        failures: list[PluginFailure] = []
+        declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}
+        for failure in failures:
+            logger.warning(
+                "corevital plugin %s failed to declare metrics: %s", failure.plugin, failure.message
+            )
+        runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared))
+        self.runtime = runtime
+        patch_generate(functools.partial(run_instrumented, runtime))
+        install_attention_wrappers()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        unpatch_generate()
+        uninstall_attention_wrappers()
+        self.runtime = None

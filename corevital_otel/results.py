@@ -1,0 +1,99 @@
+"""What plugins read and write after generation: request info, step series and results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+AttributeValue = Any  # str | bool | int | float | sequences of one of those
+
+
+@dataclass
+class GenerationInfo:
+    """Facts about one generate() call, fixed before the first forward pass.
+
+    ``rows`` is the batch dimension the model's forward sees (batch x num_return_sequences, or
+    batch x num_beams under beam search); step tensors and per-sequence values are indexed by it.
+    ``state`` is scratch space: each plugin keeps its own entry, keyed by its plugin name.
+    """
+
+    model_name: str
+    model_type: str
+    family: str
+    is_encoder_decoder: bool
+    num_layers: int
+    num_heads: int
+    rows: int
+    num_beams: int
+    max_new_tokens: int | None
+    capture_mode: str
+    options: Mapping[str, Any]
+    model: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepSeries:
+    """Per-step values on the host after generation.
+
+    ``arrays[name]`` has shape ``(steps, rows, ...)``; ``mask[s, r]`` is True where step ``s`` produced a
+    real token for row ``r`` (False after that row finished, so padding never enters its metrics).
+    ``tokens[s, r]`` is the token chosen at step ``s`` (-1 when unknown). ``step_seconds[s]`` is when step
+    ``s``'s forward pass finished, in seconds since generate() started.
+    """
+
+    arrays: dict[str, np.ndarray]
+    mask: np.ndarray
+    tokens: np.ndarray
+    step_seconds: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return int(self.mask.shape[0])
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.arrays.get(name)
+
+
+@dataclass
+class MetricRecording:
+    name: str
+    value: float
+    attributes: dict[str, AttributeValue]
+
+
+@dataclass
+class GenerationResults:
+    """Everything plugins produced for one generation; the core turns it into telemetry.
+
+    ``attributes`` become span attributes (per-sequence values are lists indexed by row). ``flagged_steps``
+    maps a step index to the reasons it deserves a ``corevital.step`` event even when events are bounded.
+    """
+
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    flagged_steps: dict[int, list[str]] = field(default_factory=dict)
+    metrics: list[MetricRecording] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+    def set(self, name: str, value: AttributeValue) -> None:
+        self.attributes[name] = value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.attributes.get(name, default)
+
+    def flag_step(self, step: int, reason: str) -> None:
+        self.flagged_steps.setdefault(int(step), []).append(reason)
+
+    def record_metric(
+        self, name: str, value: float, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> None:
+        """Record one value on a metric the plugin declared; the core adds model/provider attributes."""
+        self.metrics.append(MetricRecording(name, float(value), dict(attributes or {})))
+
+    def note_lost(self, what: str) -> None:
+        """Say what could not be captured or computed; it is exported as ``corevital.capture.lost``."""
+        if what not in self.lost:
+            self.lost.append(what)

@@ -1,0 +1,89 @@
+"""Logit metrics from the model's raw next-token distribution, never from the sampler's.
+
+Per step and row: Shannon entropy (bits), perplexity 2^H, surprisal of the chosen token (bits),
+top-1 minus top-2 probability margin, top-10 probability mass and max probability. Computed with
+log_softmax, so logits masked to -inf (by the model or a bad-words list in the model) stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepSeries, hookimpl
+from corevital_otel.plugins._summary import per_row, real_values
+
+COREVITAL_PLUGIN_NAME = "logits"
+_LN2 = math.log(2.0)
+_TOP_K_MASS = 10
+
+_BIT_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
+
+
+def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-row statistics of ``(rows, vocab)`` raw logits; ``chosen`` ``(rows,)`` token ids or None."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    probs = log_probs.exp()
+    # 0 * log 0 is 0 by convention; with -inf logits the product would otherwise be NaN.
+    plogp = torch.where(probs > 0, probs * log_probs, torch.zeros((), device=probs.device))
+    entropy = -plogp.sum(dim=-1) / _LN2
+    top = probs.topk(min(_TOP_K_MASS, probs.shape[-1]), dim=-1).values
+    second = top[:, 1] if top.shape[-1] > 1 else torch.zeros_like(top[:, 0])
+    if chosen is not None:
+        surprisal = -log_probs.gather(-1, chosen.view(-1, 1).long()).squeeze(-1) / _LN2
+    else:
+        surprisal = torch.full_like(entropy, float("nan"))
+    return {
+        "logits.entropy": entropy,
+        "logits.perplexity": torch.exp2(entropy),
+        "logits.surprisal": surprisal,
+        "logits.margin": top[:, 0] - second,
+        "logits.top10_mass": top.sum(dim=-1),
+        "logits.max_probability": top[:, 0],
+    }
+
+
+@hookimpl
+def corevital_declare_metrics() -> list[MetricSpec]:
+    return [
+        MetricSpec(
+            "corevital.token.entropy",
+            "bit",
+            "histogram",
+            "Entropy of the raw next-token distribution, per generated token.",
+            _BIT_BUCKETS,
+        ),
+        MetricSpec(
+            "corevital.token.surprisal",
+            "bit",
+            "histogram",
+            "Surprisal of each generated token under the raw distribution.",
+            _BIT_BUCKETS,
+        ),
+    ]
+
+
+@hookimpl
+def corevital_step(info: GenerationInfo, step) -> dict[str, torch.Tensor] | None:
+    if step.logits is None:
+        return None
+    return logit_statistics(step.logits, step.chosen)
+
+
+@hookimpl
+def corevital_summarize(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
+    entropy = series.get("logits.entropy")
+    if entropy is None:
+        return
+    mask = series.mask
+    results.set("corevital.logits.entropy.mean", per_row(entropy, mask, "mean"))
+    results.set("corevital.logits.entropy.max", per_row(entropy, mask, "max"))
+    results.set("corevital.logits.perplexity.mean", per_row(series.arrays["logits.perplexity"], mask, "mean"))
+    results.set("corevital.logits.surprisal.mean", per_row(series.arrays["logits.surprisal"], mask, "mean"))
+    results.set("corevital.logits.margin.mean", per_row(series.arrays["logits.margin"], mask, "mean"))
+    results.set("corevital.logits.top10_mass.mean", per_row(series.arrays["logits.top10_mass"], mask, "mean"))
+    for value in real_values(entropy, mask):
+        results.record_metric("corevital.token.entropy", value)
+    for value in real_values(series.arrays["logits.surprisal"], mask):
+        results.record_metric("corevital.token.surprisal", value)
