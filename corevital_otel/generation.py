@@ -18,7 +18,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import emitter
 from .capture.active import ACTIVE_CAPTURE
-from .capture.attention import install_attention_wrappers
 from .capture.layers import locate_layout
 from .capture.records import StepCapture
 from .capture.session import CaptureSession, CaptureSwitches
@@ -122,7 +121,6 @@ class GenerationCall:
         self.lost: list[str] = []
         if not layout.layers:
             self.lost.append("hidden_states and attention: decoder layers not found")
-        install_attention_wrappers()  # also wraps attention functions registered since instrument()
         switches = CaptureSwitches(
             logits=options.capture_logits,
             hidden_states=options.capture_hidden_states and bool(layout.layers),

@@ -9,7 +9,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
-from .capture.attention import install_attention_wrappers, uninstall_attention_wrappers
+from .capture.attention import install_attention_capture, uninstall_attention_capture
 from .config import resolve_options
 from .generation import Runtime, run_instrumented
 from .patching import patch_generate, unpatch_generate
@@ -47,9 +47,9 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared))
         self.runtime = runtime
         patch_generate(functools.partial(run_instrumented, runtime))
-        install_attention_wrappers()
+        install_attention_capture()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         unpatch_generate()
-        uninstall_attention_wrappers()
+        uninstall_attention_capture()
         self.runtime = None

@@ -1,10 +1,11 @@
 """Attention rows of the newest query, computed beside the model's own attention implementation.
 
-transformers looks attention functions up by name in ``AttentionInterface`` at call time. We wrap each
-registered function in place: the wrapper always delegates to the original (sdpa, flash, flex...), so
-the model keeps its fast kernel and its outputs are untouched; only when the calling thread has an
-active capture does it also compute softmax(q·Kᵀ) for the last query position, a (rows, heads, keys)
-tensor that costs one small matmul per layer.
+transformers models fetch their attention function at call time with
+``AttentionInterface.get_interface(name, eager_default)``. We patch that one method: when the calling
+thread has no active capture it returns exactly what it returned before; when it has one, it returns a
+thin wrapper that hands query/key/mask to the capture session and then calls the real function (sdpa,
+flash, flex, eager or a user registration). The model keeps its kernel and its outputs are untouched;
+capture adds one small q·Kᵀ matmul per layer for the last query position.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import torch
 
 from .active import ACTIVE_CAPTURE
 
-_WRAPPED_MARK = "__corevital_original__"
-_originals: dict[str, Callable[..., Any]] = {}
+_ORIGINAL_MARK = "__corevital_original__"
 
 
 def _scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
@@ -103,45 +103,50 @@ def new_query_probabilities(
     return probs, key_counts
 
 
-def _make_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def corevital_attention(module, query, key, value, attention_mask, *args, **kwargs):
-        session = ACTIVE_CAPTURE.get()
-        if session is not None:
-            session.observe_attention(module, query, key, attention_mask, kwargs)
-        return original(module, query, key, value, attention_mask, *args, **kwargs)
-
-    setattr(corevital_attention, _WRAPPED_MARK, original)
-    return corevital_attention
+def _observed_attention(
+    session: Any, function: Callable[..., Any], module, query, key, value, attention_mask, *args, **kwargs
+):
+    session.observe_attention(module, query, key, attention_mask, kwargs)
+    return function(module, query, key, value, attention_mask, *args, **kwargs)
 
 
-def _attention_registry() -> dict[str, Callable[..., Any]] | None:
+def _attention_interface() -> type | None:
     try:
         from transformers.modeling_utils import AttentionInterface
-    except ImportError:  # transformers without an attention registry: capture falls back to eager hooks
+    except ImportError:  # a transformers without the registry: attention capture is unavailable
         return None
-    return AttentionInterface._global_mapping
+    return AttentionInterface
 
 
-def install_attention_wrappers() -> None:
-    """Wrap every registered attention function (idempotent)."""
-    registry = _attention_registry()
-    if registry is None:
+def install_attention_capture() -> None:
+    """Patch ``AttentionInterface.get_interface`` (idempotent)."""
+    interface = _attention_interface()
+    if interface is None or hasattr(interface.get_interface, _ORIGINAL_MARK):
         return
-    for name, function in list(registry.items()):
-        if hasattr(function, _WRAPPED_MARK):
-            continue
-        _originals[name] = function
-        registry[name] = _make_wrapper(function)
+    original = interface.get_interface
+
+    @functools.wraps(original)
+    def get_interface(self: Any, attn_implementation: str, default: Callable[..., Any]) -> Callable[..., Any]:
+        function = original(self, attn_implementation, default)
+        session = ACTIVE_CAPTURE.get()
+        if session is None:
+            return function
+        return functools.partial(_observed_attention, session, function)
+
+    setattr(get_interface, _ORIGINAL_MARK, original)
+    interface.get_interface = get_interface
 
 
-def uninstall_attention_wrappers() -> None:
-    """Put back the original functions for every entry we wrapped and nobody replaced since."""
-    registry = _attention_registry()
-    if registry is None:
+def uninstall_attention_capture() -> None:
+    """Restore the original ``get_interface`` if our patch is the one installed."""
+    interface = _attention_interface()
+    if interface is None:
         return
-    for name, original in list(_originals.items()):
-        current = registry.get(name)
-        if current is not None and getattr(current, _WRAPPED_MARK, None) is original:
-            registry[name] = original
-        del _originals[name]
+    original = getattr(interface.get_interface, _ORIGINAL_MARK, None)
+    if original is not None:
+        interface.get_interface = original
+
+
+def attention_capture_installed() -> bool:
+    interface = _attention_interface()
+    return interface is not None and hasattr(interface.get_interface, _ORIGINAL_MARK)

@@ -71,13 +71,17 @@ def _find_layer_list(root: nn.Module, expected: int) -> nn.ModuleList | None:
 
 
 def _self_attention_of(layer: nn.Module) -> nn.Module | None:
-    for name, module in layer.named_modules():
-        if module is layer or not type(module).__name__.endswith("Attention"):
-            continue
-        if any(hint in name.lower() for hint in _CROSS_ATTENTION_HINTS):
-            continue
-        return module
-    return None
+    """The module that calls the attention function: named *Attention, not cross-attention, and
+    preferably one carrying ``layer_idx`` (T5 wraps its ``T5Attention`` in a ``T5LayerSelfAttention``)."""
+    candidates = [
+        module
+        for name, module in layer.named_modules()
+        if module is not layer
+        and type(module).__name__.endswith("Attention")
+        and not any(hint in name.lower() for hint in _CROSS_ATTENTION_HINTS)
+    ]
+    with_index = [module for module in candidates if hasattr(module, "layer_idx")]
+    return (with_index or candidates or [None])[0]
 
 
 def _encoder_root(model: nn.Module) -> nn.Module | None:

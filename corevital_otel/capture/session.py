@@ -80,9 +80,6 @@ class CaptureSession:
         self._hidden: list[torch.Tensor | None] = [None] * layout.num_layers
         self._attention: list[torch.Tensor | None] = [None] * layout.num_layers
         self._attention_keys: list[torch.Tensor | None] = [None] * layout.num_layers
-        self._eager_attention = (
-            getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager"
-        )
         # Prompt internals, referenced (not copied) while the prefill/encoder pass runs, released after use.
         self.prompt_hidden: dict[int, torch.Tensor] = {}
         self.prompt_attention: dict[int, AttentionInputs] = {}
@@ -98,12 +95,6 @@ class CaptureSession:
                 self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
         if self.switches.prompt:
             self._attach_prompt_hooks()
-        if self.switches.attention and self._eager_attention:
-            # Eager attention bypasses the registry but returns its weights: read them from the output.
-            for layer in self.layout.layers:
-                for module in layer.modules():
-                    if id(module) in self.layout.self_attention:
-                        self._handles.append(module.register_forward_hook(self._after_eager_attention))
 
     def _attach_prompt_hooks(self) -> None:
         layout = self.layout
@@ -241,17 +232,6 @@ class CaptureSession:
             self._hidden[index] = hidden[:, -1, :]
             if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                 self.prompt_hidden[index] = hidden
-
-    def _after_eager_attention(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._is_mine() or not isinstance(output, tuple) or len(output) < 2:
-            return
-        weights = output[1]
-        layer = self.layout.self_attention.get(id(module))
-        if layer is None or not isinstance(weights, torch.Tensor) or weights.dim() != 4:
-            return
-        row = weights[:, :, -1, :].float()
-        self._attention[layer] = row
-        self._attention_keys[layer] = (row[:, 0, :] > 0).sum(dim=-1)
 
     def observe_attention(
         self,
