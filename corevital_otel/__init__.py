@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .caller_context import context
 from .config import ConfigError, Options
 from .hookspecs import hookimpl, hookspec
 from .results import GenerationInfo, GenerationResults, StepSeries
@@ -22,6 +23,7 @@ __all__ = [
     "Options",
     "StepSeries",
     "__version__",
+    "context",
     "hookimpl",
     "hookspec",
     "instrument",

@@ -1,6 +1,6 @@
 """One instrumented generate() call, from span start to span end.
 
-The caller's generate() runs untouched between ``begin`` and ``complete``/``fail``; everything this
+The caller's generate() runs untouched between ``GenerationCall.__init__`` and ``finish``; everything this
 module does around it is guarded, so a failure of ours costs telemetry, never the generation.
 """
 
@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import emitter
+from .caller_context import current_context_attributes
 from .capture.active import ACTIVE_CAPTURE
 from .capture.layers import locate_layout
 from .capture.records import StepCapture
@@ -111,10 +112,12 @@ class GenerationCall:
             options=options.plugin_options,
             model=model,
         )
+        caller = current_context_attributes()
+        self.info.caller = caller
         self.span = runtime.telemetry.tracer.start_span(
             f"text_completion {request.model_name}",
             kind=SpanKind.INTERNAL,
-            attributes=request.span_attributes(),
+            attributes={**request.span_attributes(), **caller},
         )
         self._prompt_delivered = False
         self._prompt_results: dict[str, Any] = {}

@@ -33,6 +33,7 @@ class GenerationInfo:
     options: Mapping[str, Any]
     model: Any = None
     state: dict[str, Any] = field(default_factory=dict)
+    caller: Mapping[str, Any] = field(default_factory=dict)  # attributes from corevital_otel.context()
 
 
 @dataclass
