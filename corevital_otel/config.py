@@ -36,6 +36,8 @@ class Options:
     plugins: tuple[Any, ...] = ()
     plugin_options: Mapping[str, Any] = field(default_factory=dict)
     on_step: Callable[..., Any] | None = None
+    intervene: frozenset[str] = frozenset()
+    intervention_risk_threshold: float = 0.9
 
 
 def _parse_bool(variable: str, raw: str) -> bool:
@@ -72,6 +74,28 @@ def _parse_name_list(variable: str, raw: str) -> frozenset[str]:
 
 
 # option name -> (environment variable, parser)
+def _parse_policies(variable: str, raw: str) -> frozenset[str]:
+    from .intervention import POLICIES
+
+    names = _parse_name_list(variable, raw)
+    unknown = sorted(names - set(POLICIES))
+    if unknown:
+        raise ConfigError(
+            f"{variable}={raw!r}: unknown polic(ies) {', '.join(unknown)}; use {', '.join(POLICIES)}"
+        )
+    return names
+
+
+def _parse_fraction(variable: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{variable}={raw!r}: expected a number in (0, 1]") from None
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{variable}={raw!r}: expected a number in (0, 1]")
+    return value
+
+
 ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "capture_mode": ("COREVITAL_CAPTURE_MODE", _parse_capture_mode),
     "capture_logits": ("COREVITAL_CAPTURE_LOGITS", _parse_bool),
@@ -82,6 +106,8 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_step_events": ("COREVITAL_MAX_STEP_EVENTS", _parse_non_negative_int),
     "load_entry_point_plugins": ("COREVITAL_LOAD_PLUGINS", _parse_bool),
     "disabled_plugins": ("COREVITAL_DISABLED_PLUGINS", _parse_name_list),
+    "intervene": ("COREVITAL_INTERVENE", _parse_policies),
+    "intervention_risk_threshold": ("COREVITAL_INTERVENTION_RISK_THRESHOLD", _parse_fraction),
 }
 
 _OPTION_NAMES = {f.name for f in fields(Options)}
@@ -106,6 +132,12 @@ def _validate_keyword(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}={value!r}: expected a non-negative integer")
     if name in _BOOL_OPTIONS and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r}: expected True or False")
+    if name == "intervene":
+        return _parse_policies(name, ",".join(value))
+    if name == "intervention_risk_threshold":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r}: expected a number in (0, 1]")
+        return _parse_fraction(name, str(value))
     if name == "disabled_plugins":
         if not all(isinstance(item, str) for item in value):
             raise ConfigError(f"disabled_plugins={value!r}: expected a collection of plugin names")

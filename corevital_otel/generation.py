@@ -24,6 +24,7 @@ from .capture.records import StepCapture
 from .capture.session import CaptureSession, CaptureSwitches
 from .config import Options
 from .families import model_family
+from .intervention import InterventionRecord, make_stopping_criterion, policies_for
 from .plugin_host import PluginFailure, PluginHost
 from .request import (
     GenerationRequest,
@@ -65,7 +66,7 @@ def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, k
         with trace.use_span(
             call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
         ):
-            output = original(model, *args, **kwargs)
+            output = original(model, *args, **call.generate_kwargs(kwargs))
     except BaseException as error:
         ACTIVE_CAPTURE.reset(token)
         call.finish(None, error)
@@ -119,6 +120,11 @@ class GenerationCall:
             kind=SpanKind.INTERNAL,
             attributes={**request.span_attributes(), **caller},
         )
+        self._last_outputs: dict[str, torch.Tensor] = {}
+        # Interventions stop rows through transformers' stopping criteria, which beam search applies
+        # to whole beams differently: not offered there.
+        policies = policies_for(options.intervene, options.intervention_risk_threshold)
+        self.intervention = InterventionRecord(policies) if policies and request.num_beams == 1 else None
         self._prompt_delivered = False
         self._prompt_results: dict[str, Any] = {}
         self.lost: list[str] = []
@@ -154,6 +160,7 @@ class GenerationCall:
         if not self._prompt_delivered:
             self._deliver_prompt()
         outputs: dict[str, torch.Tensor] = {}
+        self._last_outputs = outputs
         for plugin, values in self.runtime.plugins.call_each(
             "corevital_step", self.failures, info=self.info, step=step
         ):
@@ -171,6 +178,25 @@ class GenerationCall:
                 self.runtime.options.on_step(self.info, step.index, outputs)
             except Exception:  # noqa: BLE001
                 logger.warning("corevital on_step callback failed", exc_info=True)
+
+    def _deliver_now(self, chosen: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """For the intervention criterion: run the pending step's plugins now; never raises."""
+        try:
+            step = self.session.deliver_pending(chosen)
+        except Exception:  # noqa: BLE001
+            logger.warning("corevital intervention check failed", exc_info=True)
+            return None
+        return None if step is None else (step.index, self._last_outputs)
+
+    def generate_kwargs(self, kwargs: dict) -> dict:
+        """The caller's keyword arguments, plus our stopping criterion when interventions are on."""
+        if self.intervention is None:
+            return kwargs
+        from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+        criterion = make_stopping_criterion(self._deliver_now, self.intervention)
+        existing = kwargs.get("stopping_criteria") or []
+        return {**kwargs, "stopping_criteria": StoppingCriteriaList([*existing, criterion])}
 
     # -- after generation ----------------------------------------------------------------------
 
@@ -200,6 +226,7 @@ class GenerationCall:
         series = self._host_series(steps, generated if rows_match else None, completion.output_tokens)
         results = GenerationResults()
         results.attributes.update(self._prompt_results)
+        stops = self._apply_interventions(completion, results)
         for phase in _ANALYSIS_PHASES:
             for _ in self.runtime.plugins.call_each(
                 phase, self.failures, info=self.info, series=series, results=results
@@ -222,6 +249,28 @@ class GenerationCall:
             self.span.record_exception(error)
         with trace.use_span(self.span, end_on_exit=False):  # metric exemplars link to this span
             self._record_metrics(completion, series, results, duration, error)
+            for policy in stops:
+                self.runtime.telemetry.record(
+                    "corevital.interventions",
+                    1,
+                    {**self._metric_base(), "corevital.intervention.reason": policy},
+                )
+
+    def _apply_interventions(self, completion: Any, results: GenerationResults) -> list[str]:
+        """Mark rows an intervention stopped (finish reason ``intervention``); return their policies."""
+        if self.intervention is None:
+            return []
+        stops = self.intervention.on_host()
+        for row, stop in enumerate(stops):
+            if stop is not None and row < len(completion.finish_reasons):
+                completion.finish_reasons[row] = "intervention"
+        results.set("corevital.intervention.stopped", any(stop is not None for stop in stops))
+        results.set("corevital.intervention.reasons", [stop[1] if stop else "" for stop in stops])
+        results.set("corevital.intervention.steps", [stop[0] if stop else -1 for stop in stops])
+        for stop in stops:
+            if stop is not None:
+                results.flag_step(stop[0], f"intervention:{stop[1]}")
+        return [stop[1] for stop in stops if stop is not None]
 
     def _full_detail(self, results: GenerationResults) -> bool:
         mode = self.runtime.options.capture_mode
@@ -263,15 +312,19 @@ class GenerationCall:
             attributes["corevital.time_per_output_token"] = per_token
         return attributes
 
-    def _record_metrics(
-        self, completion: Any, series: StepSeries, results: GenerationResults, duration: float, error: Any
-    ) -> None:
-        telemetry = self.runtime.telemetry
-        base = {
+    def _metric_base(self) -> dict[str, Any]:
+        """The low-cardinality attributes every metric point carries."""
+        return {
             "gen_ai.operation.name": "text_completion",
             "gen_ai.provider.name": "huggingface",
             "gen_ai.request.model": self.request.model_name,
         }
+
+    def _record_metrics(
+        self, completion: Any, series: StepSeries, results: GenerationResults, duration: float, error: Any
+    ) -> None:
+        telemetry = self.runtime.telemetry
+        base = self._metric_base()
         outcome = dict(base)
         if error is not None:
             outcome["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"

@@ -54,6 +54,9 @@ CORE_METRICS = (
     MetricSpec(
         "corevital.plugin.errors", "{error}", "counter", "Metric plugin failures, by plugin and phase."
     ),
+    MetricSpec(
+        "corevital.interventions", "{generation}", "counter", "Rows stopped early by an intervention policy."
+    ),
     MetricSpec("corevital.capture.errors", "{error}", "counter", "Capture failures, by capture kind."),
 )
 

@@ -308,10 +308,17 @@ class CaptureSession:
             return None
         return torch.stack(self._attention_keys)  # type: ignore[arg-type]
 
-    def _complete_pending(self, chosen: torch.Tensor | None) -> None:
+    def deliver_pending(self, chosen: torch.Tensor | None) -> StepCapture | None:
+        """Hand the pending step on now (a stopping criterion knows its chosen token already)."""
+        if not self._is_mine() or self._pending is None:
+            return None
+        return self._complete_pending(chosen)
+
+    def _complete_pending(self, chosen: torch.Tensor | None) -> StepCapture | None:
         step = self._pending
         self._pending = None
         if step is None:
-            return
+            return None
         step.chosen = chosen
         self.deliver_step(step)
+        return step

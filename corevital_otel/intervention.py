@@ -1,0 +1,100 @@
+"""Opt-in intervention: stop a row's generation early when a per-step signal fires.
+
+It is a transformers ``StoppingCriteria`` appended to the caller's own criteria, so the caller gets a
+normal, shorter output. transformers calls stopping criteria right after it appended the step's
+token, so the criterion first hands the pending step (now complete with its chosen token) to the
+plugins, then reads the step signals they returned, all on the device: the boolean it returns is
+what generate() already syncs on to decide whether to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# policy name -> step series a plugin produces; a row stops when the value reaches the threshold
+POLICY_SIGNALS: Mapping[str, str] = {
+    "nan": "health.nonfinite",
+    "repetition": "health.repetition",
+    "risk": "risk.running",
+}
+POLICIES = tuple(POLICY_SIGNALS)
+
+
+@dataclass(frozen=True)
+class InterventionPolicy:
+    name: str
+    signal: str
+    threshold: float
+
+
+def policies_for(names: frozenset[str], risk_threshold: float) -> tuple[InterventionPolicy, ...]:
+    return tuple(
+        InterventionPolicy(name, POLICY_SIGNALS[name], risk_threshold if name == "risk" else 0.5)
+        for name in POLICIES
+        if name in names
+    )
+
+
+def _stopping_criteria_base() -> type:
+    from transformers.generation.stopping_criteria import StoppingCriteria
+
+    return StoppingCriteria
+
+
+class InterventionRecord:
+    """Which rows an intervention stopped, at which step and why (device tensors until the end)."""
+
+    def __init__(self, policies: tuple[InterventionPolicy, ...]) -> None:
+        self.policies = policies
+        self.stop_step: torch.Tensor | None = None  # (rows,) step index, -1 = not stopped
+        self.stop_policy: torch.Tensor | None = None  # (rows,) index into policies, -1 = none
+
+    def update(self, step: int, outputs: Mapping[str, torch.Tensor], rows: int, device: Any) -> torch.Tensor:
+        if self.stop_step is None:
+            self.stop_step = torch.full((rows,), -1, dtype=torch.long, device=device)
+            self.stop_policy = torch.full((rows,), -1, dtype=torch.long, device=device)
+        fired = torch.zeros(rows, dtype=torch.bool, device=device)
+        for index, policy in enumerate(self.policies):
+            signal = outputs.get(policy.signal)
+            if signal is None:
+                continue
+            hit = (signal.reshape(rows, -1).amax(dim=-1) >= policy.threshold) & ~fired
+            newly = hit & (self.stop_step < 0)
+            self.stop_policy = torch.where(newly, index, self.stop_policy)
+            self.stop_step = torch.where(newly, step, self.stop_step)
+            fired |= hit
+        return fired
+
+    def on_host(self) -> list[tuple[int, str] | None]:
+        """Per row: (step, policy name) where it was stopped, or None."""
+        if self.stop_step is None or self.stop_policy is None:
+            return []
+        steps = self.stop_step.cpu().tolist()
+        policies = self.stop_policy.cpu().tolist()
+        return [
+            None if step < 0 else (step, self.policies[p].name)
+            for step, p in zip(steps, policies, strict=True)
+        ]
+
+
+def make_stopping_criterion(
+    deliver_now: Callable[[torch.Tensor], tuple[int, Mapping[str, torch.Tensor]] | None],
+    record: InterventionRecord,
+) -> Any:
+    """A StoppingCriteria that delivers the pending step and stops rows whose signals fired."""
+    base = _stopping_criteria_base()
+
+    class CoreVitalIntervention(base):  # type: ignore[misc, valid-type]
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            rows = input_ids.shape[0]
+            delivered = deliver_now(input_ids[:, -1])
+            if delivered is None:
+                return torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+            step, outputs = delivered
+            return record.update(step, outputs, rows, input_ids.device)
+
+    return CoreVitalIntervention()
