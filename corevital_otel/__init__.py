@@ -6,14 +6,18 @@ corevital_otel.instrument()
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .caller_context import context
 from .config import ConfigError, Options
+from .content import register_tokenizer
 from .hookspecs import hookimpl, hookspec
 from .results import GenerationInfo, GenerationResults, StepSeries
 from .telemetry_types import MetricSpec
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .capture.records import PromptCapture, StepCapture
 
 __all__ = [
     "ConfigError",
@@ -21,6 +25,8 @@ __all__ = [
     "GenerationResults",
     "MetricSpec",
     "Options",
+    "PromptCapture",
+    "StepCapture",
     "StepSeries",
     "__version__",
     "context",
@@ -28,6 +34,7 @@ __all__ = [
     "hookspec",
     "instrument",
     "is_instrumented",
+    "register_tokenizer",
     "uninstrument",
 ]
 
@@ -61,3 +68,12 @@ def is_instrumented() -> bool:
     from .instrumentor import CoreVitalInstrumentor
 
     return CoreVitalInstrumentor().is_instrumented_by_opentelemetry
+
+
+def __getattr__(name: str) -> Any:
+    # The capture records import torch; ``import corevital_otel`` stays light until a plugin asks for them.
+    if name in ("PromptCapture", "StepCapture"):
+        from .capture import records
+
+        return getattr(records, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 CAPTURE_MODES = ("full", "summary", "on_risk")
+CONTENT_MODES = ("NO_CONTENT", "SPAN_ONLY", "EVENT_ONLY", "SPAN_AND_EVENT")
+_LEGACY_CONTENT = {"TRUE": "SPAN_AND_EVENT", "FALSE": "NO_CONTENT"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -36,6 +38,7 @@ class Options:
     plugins: tuple[Any, ...] = ()
     plugin_options: Mapping[str, Any] = field(default_factory=dict)
     on_step: Callable[..., Any] | None = None
+    capture_content: str = "NO_CONTENT"
     intervene: frozenset[str] = frozenset()
     intervention_risk_threshold: float = 0.9
 
@@ -86,6 +89,13 @@ def _parse_policies(variable: str, raw: str) -> frozenset[str]:
     return names
 
 
+def _parse_content_mode(variable: str, raw: str) -> str:
+    mode = _LEGACY_CONTENT.get(raw.strip().upper(), raw.strip().upper())
+    if mode not in CONTENT_MODES:
+        raise ConfigError(f"{variable}={raw!r}: expected one of {', '.join(CONTENT_MODES)}")
+    return mode
+
+
 def _parse_fraction(variable: str, raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -106,6 +116,7 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_step_events": ("COREVITAL_MAX_STEP_EVENTS", _parse_non_negative_int),
     "load_entry_point_plugins": ("COREVITAL_LOAD_PLUGINS", _parse_bool),
     "disabled_plugins": ("COREVITAL_DISABLED_PLUGINS", _parse_name_list),
+    "capture_content": ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", _parse_content_mode),
     "intervene": ("COREVITAL_INTERVENE", _parse_policies),
     "intervention_risk_threshold": ("COREVITAL_INTERVENTION_RISK_THRESHOLD", _parse_fraction),
 }
@@ -126,6 +137,8 @@ def _validate_keyword(name: str, value: Any) -> Any:
     if name in ENVIRONMENT_VARIABLES and isinstance(value, str):
         _, parse = ENVIRONMENT_VARIABLES[name]
         return parse(name, value)
+    if name == "capture_content":
+        raise ConfigError(f"capture_content={value!r}: expected one of {', '.join(CONTENT_MODES)}")
     if name == "capture_mode":
         raise ConfigError(f"capture_mode={value!r}: expected one of {', '.join(CAPTURE_MODES)}")
     if name in _COUNT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

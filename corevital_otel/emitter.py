@@ -9,7 +9,7 @@ events, and says how many of each it left out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ ATTRIBUTES_DROPPED = "corevital.attributes.dropped"
 STEP_EVENTS_DROPPED = "corevital.step.events_dropped"
 STEP_EVENTS_EMITTED = "corevital.step.events_emitted"
 _RESERVED_ATTRIBUTES = 2  # room for the two bookkeeping attributes above
+_RESERVED_EVENTS = 2  # gen_ai.client.inference.operation.details and exception
 
 # Lower rank = kept first when the span cannot hold everything.
 _PRIORITY_PREFIXES = (
@@ -119,11 +120,18 @@ def choose_event_steps(total: int, flagged: Iterable[int], budget: int) -> list[
     return sorted(chosen)
 
 
-def step_event_attributes(series: StepSeries, step: int, reasons: list[str]) -> dict[str, Any]:
+TokenText = Callable[[Sequence[int]], tuple[str, ...]]
+
+
+def step_event_attributes(
+    series: StepSeries, step: int, reasons: list[str], token_text: TokenText | None = None
+) -> dict[str, Any]:
     """One event's attributes: the step index and each per-step scalar series, one entry per row."""
     attributes: dict[str, Any] = {"corevital.step.index": step}
     if reasons:
         attributes["corevital.step.reasons"] = tuple(reasons)
+    if token_text is not None:  # only when content capture is on
+        attributes["corevital.step.token_text"] = token_text(series.tokens[step].tolist())
     for name, array in series.arrays.items():
         if array.ndim == 2:
             values = np.where(series.mask[step], array[step], np.nan)
@@ -132,14 +140,21 @@ def step_event_attributes(series: StepSeries, step: int, reasons: list[str]) -> 
 
 
 def emit_step_events(
-    span: Any, series: StepSeries, results: GenerationResults, max_events: int
+    span: Any,
+    series: StepSeries,
+    results: GenerationResults,
+    max_events: int,
+    token_text: TokenText | None = None,
 ) -> dict[str, int]:
     """Add bounded ``corevital.step`` events; return the bookkeeping attributes to set on the span."""
     _, span_max_events = span_limits(span)
-    budget = max_events if span_max_events is None else min(max_events, span_max_events)
-    steps = choose_event_steps(series.steps, results.flagged_steps, budget)
+    if span_max_events is not None:
+        # Leave room for the content-details and exception events, which must never push steps out.
+        max_events = min(max_events, max(span_max_events - _RESERVED_EVENTS - len(span.events), 0))
+    steps = choose_event_steps(series.steps, results.flagged_steps, max_events)
     for step in steps:
-        span.add_event(STEP_EVENT, step_event_attributes(series, step, results.flagged_steps.get(step, [])))
+        reasons = results.flagged_steps.get(step, [])
+        span.add_event(STEP_EVENT, step_event_attributes(series, step, reasons, token_text))
     return {STEP_EVENTS_EMITTED: len(steps), STEP_EVENTS_DROPPED: series.steps - len(steps)}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import emitter
+from . import content, emitter
 from .caller_context import current_context_attributes
 from .capture.active import ACTIVE_CAPTURE
 from .capture.layers import locate_layout
@@ -121,6 +122,8 @@ class GenerationCall:
             attributes={**request.span_attributes(), **caller},
         )
         self._last_outputs: dict[str, torch.Tensor] = {}
+        no_content = options.capture_content == "NO_CONTENT"
+        self.tokenizer = None if no_content else content.find_tokenizer(model, kwargs)
         # Interventions stop rows through transformers' stopping criteria, which beam search applies
         # to whole beams differently: not offered there.
         policies = policies_for(options.intervene, options.intervention_risk_threshold)
@@ -222,11 +225,11 @@ class GenerationCall:
         self.session.detach()
         duration = time.perf_counter() - self.started
         completion = summarize_completion(request, sequences)
-        steps = self.session.steps_seen
-        series = self._host_series(steps, generated if rows_match else None, completion.output_tokens)
         results = GenerationResults()
         results.attributes.update(self._prompt_results)
-        stops = self._apply_interventions(completion, results)
+        stops = self._apply_interventions(completion, results)  # before the mask: stopped rows end early
+        steps = self.session.steps_seen
+        series = self._host_series(steps, generated if rows_match else None, completion.output_tokens)
         for phase in _ANALYSIS_PHASES:
             for _ in self.runtime.plugins.call_each(
                 phase, self.failures, info=self.info, series=series, results=results
@@ -234,10 +237,16 @@ class GenerationCall:
                 pass
         attributes = self._core_attributes(completion, series, error)
         attributes.update(results.attributes)
+        attributes.update(self._content_attributes(completion, generated))
         if self._full_detail(results):
             attributes.update(emitter.series_attributes(series))
+            token_text = None
+            if self.tokenizer is not None and content.in_events(self.runtime.options.capture_content):
+                token_text = partial(content.token_texts, self.tokenizer)
             attributes.update(
-                emitter.emit_step_events(self.span, series, results, self.runtime.options.max_step_events)
+                emitter.emit_step_events(
+                    self.span, series, results, self.runtime.options.max_step_events, token_text
+                )
             )
         lost = self.lost + [f"{kind}: {why}" for kind, why in self.session.failures.items()] + results.lost
         lost += [f"plugin {f.plugin} failed in {f.phase}: {f.error_type}" for f in self.failures]
@@ -256,6 +265,27 @@ class GenerationCall:
                     {**self._metric_base(), "corevital.intervention.reason": policy},
                 )
 
+    def _content_attributes(self, completion: Any, generated: torch.Tensor | None) -> dict[str, Any]:
+        """Prompt/completion text when OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT asks for it."""
+        mode = self.runtime.options.capture_content
+        if mode == "NO_CONTENT":
+            return {}
+        if self.tokenizer is None:
+            self.lost.append("content: no tokenizer known (pass tokenizer= or use register_tokenizer)")
+            return {}
+        messages: dict[str, Any] = {}
+        if self.request.input_ids is not None:
+            messages["gen_ai.input.messages"] = content.input_messages(
+                self.tokenizer, self.request.input_ids, self.request.attention_mask
+            )
+        if generated is not None:
+            messages["gen_ai.output.messages"] = content.output_messages(
+                self.tokenizer, generated, completion.output_tokens, completion.finish_reasons
+            )
+        if content.in_events(mode) and messages:
+            self.span.add_event(content.DETAILS_EVENT, messages)
+        return messages if content.in_spans(mode) else {}
+
     def _apply_interventions(self, completion: Any, results: GenerationResults) -> list[str]:
         """Mark rows an intervention stopped (finish reason ``intervention``); return their policies."""
         if self.intervention is None:
@@ -264,6 +294,8 @@ class GenerationCall:
         for row, stop in enumerate(stops):
             if stop is not None and row < len(completion.finish_reasons):
                 completion.finish_reasons[row] = "intervention"
+                # The row kept the tokens of steps 0..stop_step; what follows is padding.
+                completion.output_tokens[row] = min(completion.output_tokens[row], stop[0] + 1)
         results.set("corevital.intervention.stopped", any(stop is not None for stop in stops))
         results.set("corevital.intervention.reasons", [stop[1] if stop else "" for stop in stops])
         results.set("corevital.intervention.steps", [stop[0] if stop else -1 for stop in stops])

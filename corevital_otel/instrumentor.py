@@ -11,14 +11,21 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from .capture.attention import install_attention_capture, uninstall_attention_capture
 from .config import resolve_options
+from .content import register_tokenizer
 from .generation import Runtime, run_instrumented
-from .patching import patch_generate, unpatch_generate
+from .patching import patch_generate, patch_pipeline_init, unpatch_generate, unpatch_pipeline_init
 from .plugin_host import PluginFailure, PluginHost
 from .telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
 _INSTRUMENTS = ("transformers >= 5.0, < 6",)
+
+
+def _remember_pipeline_tokenizer(pipeline: Any) -> None:
+    model, tokenizer = getattr(pipeline, "model", None), getattr(pipeline, "tokenizer", None)
+    if model is not None and tokenizer is not None:
+        register_tokenizer(model, tokenizer)
 
 
 class CoreVitalInstrumentor(BaseInstrumentor):
@@ -48,8 +55,10 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         self.runtime = runtime
         patch_generate(functools.partial(run_instrumented, runtime))
         install_attention_capture()
+        patch_pipeline_init(_remember_pipeline_tokenizer)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         unpatch_generate()
         uninstall_attention_capture()
+        unpatch_pipeline_init()
         self.runtime = None

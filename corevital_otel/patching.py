@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -40,3 +41,38 @@ def unpatch_generate() -> None:
 
 def is_patched() -> bool:
     return hasattr(_generation_mixin().__dict__["generate"], _ORIGINAL_MARK)
+
+
+def _pipeline_class() -> type | None:
+    try:
+        from transformers.pipelines.base import Pipeline
+    except ImportError:
+        return None
+    return Pipeline
+
+
+def patch_pipeline_init(on_pipeline: Callable[[Any], None]) -> None:
+    """After a pipeline is built, call ``on_pipeline(pipeline)`` (to learn its model's tokenizer)."""
+    pipeline = _pipeline_class()
+    if pipeline is None or hasattr(pipeline.__dict__["__init__"], _ORIGINAL_MARK):
+        return
+    original = pipeline.__dict__["__init__"]
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        # Observing a pipeline must never break building it.
+        with contextlib.suppress(Exception):
+            on_pipeline(self)
+
+    setattr(__init__, _ORIGINAL_MARK, original)
+    pipeline.__init__ = __init__
+
+
+def unpatch_pipeline_init() -> None:
+    pipeline = _pipeline_class()
+    if pipeline is None:
+        return
+    original = getattr(pipeline.__dict__["__init__"], _ORIGINAL_MARK, None)
+    if original is not None:
+        pipeline.__init__ = original

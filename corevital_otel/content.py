@@ -1,0 +1,82 @@
+"""Message content capture, off by default, following OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT.
+
+``NO_CONTENT`` (default): no prompt, completion or token text leaves the process. ``SPAN_ONLY``: the
+prompt and completion as ``gen_ai.input.messages`` / ``gen_ai.output.messages`` span attributes.
+``EVENT_ONLY``: the same in a ``gen_ai.client.inference.operation.details`` span event, plus each
+``corevital.step`` event's token text. ``SPAN_AND_EVENT``: both. The legacy boolean values ``true`` /
+``false`` mean ``SPAN_AND_EVENT`` / ``NO_CONTENT``.
+
+generate() only sees token ids, so text needs the model's tokenizer: the one passed as
+``generate(tokenizer=...)``, a streamer's, the tokenizer of a pipeline built around the model, or one
+registered with :func:`register_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+
+_tokenizers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def in_spans(mode: str) -> bool:
+    return mode in ("SPAN_ONLY", "SPAN_AND_EVENT")
+
+
+def in_events(mode: str) -> bool:
+    return mode in ("EVENT_ONLY", "SPAN_AND_EVENT")
+
+
+def register_tokenizer(model: Any, tokenizer: Any) -> None:
+    """Tell corevital_otel which tokenizer turns this model's ids into text (for content capture)."""
+    _tokenizers[model] = tokenizer
+
+
+def find_tokenizer(model: Any, kwargs: Mapping[str, Any]) -> Any:
+    tokenizer = kwargs.get("tokenizer")
+    if tokenizer is None:
+        tokenizer = getattr(kwargs.get("streamer"), "tokenizer", None)
+    if tokenizer is None:
+        try:
+            tokenizer = _tokenizers.get(model)
+        except TypeError:  # not weak-referenceable
+            tokenizer = None
+    return tokenizer
+
+
+def _decode(tokenizer: Any, ids: torch.Tensor) -> str:
+    return str(tokenizer.decode(ids.tolist(), skip_special_tokens=True))
+
+
+def input_messages(tokenizer: Any, input_ids: torch.Tensor, mask: torch.Tensor | None) -> str:
+    """One user message per prompt row, padding removed, as the GenAI conventions' JSON."""
+    messages = []
+    for row in range(input_ids.shape[0]):
+        ids = input_ids[row] if mask is None else input_ids[row][mask[row].bool()]
+        messages.append({"role": "user", "parts": [{"type": "text", "content": _decode(tokenizer, ids)}]})
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def output_messages(
+    tokenizer: Any, generated: torch.Tensor, lengths: Sequence[int], finish_reasons: Sequence[str]
+) -> str:
+    """One assistant message per returned sequence, cut at its own length (no padding)."""
+    messages = []
+    for row in range(generated.shape[0]):
+        text = _decode(tokenizer, generated[row, : lengths[row]])
+        message: dict[str, Any] = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
+        if row < len(finish_reasons):
+            message["finish_reason"] = finish_reasons[row]
+        messages.append(message)
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def token_texts(tokenizer: Any, tokens: Sequence[int]) -> tuple[str, ...]:
+    """Text of single tokens (one per row); unknown tokens (-1) give ""."""
+    return tuple("" if token < 0 else str(tokenizer.decode([token])) for token in tokens)
