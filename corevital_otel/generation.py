@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -50,6 +50,10 @@ class Runtime:
     options: Options
     plugins: PluginHost
     telemetry: Telemetry
+    # Failures at instrument() time (a plugin that could not declare its metrics): every call lost them.
+    setup_failures: list[PluginFailure] = field(default_factory=list)
+    # Capture kinds whose failure was logged: once per instrumentation, not once per call.
+    logged_capture_failures: set[str] = field(default_factory=set)
 
 
 def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, kwargs: dict) -> Any:
@@ -77,6 +81,10 @@ def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, k
     return output
 
 
+def _error_type(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__qualname__}"
+
+
 def decode_timing(series: StepSeries) -> tuple[float | None, float | None]:
     """Seconds to the first token's logits, and mean seconds per token after it (None when unknown)."""
     if not series.steps:
@@ -93,7 +101,7 @@ class GenerationCall:
     def __init__(self, runtime: Runtime, model: Any, args: tuple, kwargs: dict) -> None:
         self.runtime = runtime
         self.started = time.perf_counter()
-        self.failures: list[PluginFailure] = []
+        self.failures: list[PluginFailure] = list(runtime.setup_failures)
         self.series = SeriesCollector()
         self.request: GenerationRequest = resolve_request(model, args, kwargs)
         options = runtime.options
@@ -116,14 +124,10 @@ class GenerationCall:
         )
         caller = current_context_attributes()
         self.info.caller = caller
-        self.span = runtime.telemetry.tracer.start_span(
-            f"text_completion {request.model_name}",
-            kind=SpanKind.INTERNAL,
-            attributes={**request.span_attributes(), **caller},
-        )
         self._last_outputs: dict[str, torch.Tensor] = {}
         no_content = options.capture_content == "NO_CONTENT"
-        self.tokenizer = None if no_content else content.find_tokenizer(model, kwargs)
+        self.info.tokenizer = content.find_tokenizer(model, kwargs)  # plugins may classify, never export
+        self.tokenizer = None if no_content else self.info.tokenizer
         # Interventions stop rows through transformers' stopping criteria, which beam search applies
         # to whole beams differently: not offered there.
         policies = policies_for(options.intervene, options.intervention_risk_threshold)
@@ -140,10 +144,28 @@ class GenerationCall:
             prompt=options.capture_prompt,
             prompt_max_tokens=options.prompt_max_tokens,
         )
-        self.session = CaptureSession(model, layout, switches, self._on_step, request.is_encoder_decoder)
+        self.session = CaptureSession(
+            model,
+            layout,
+            switches,
+            self._on_step,
+            request.is_encoder_decoder,
+            runtime.logged_capture_failures,
+        )
         for _ in runtime.plugins.call_each("corevital_generation_start", self.failures, info=self.info):
             pass
-        self.session.attach()
+        # The span starts last, so a failure above leaves no span behind; a failed attach ends it.
+        self.span = runtime.telemetry.tracer.start_span(
+            f"text_completion {request.model_name}",
+            kind=SpanKind.INTERNAL,
+            attributes={**request.span_attributes(), **caller},
+        )
+        try:
+            self.session.attach()
+        except BaseException:
+            self.session.detach()
+            self.span.end()
+            raise
 
     # -- during generation ---------------------------------------------------------------------
 
@@ -230,14 +252,23 @@ class GenerationCall:
         stops = self._apply_interventions(completion, results)  # before the mask: stopped rows end early
         steps = self.session.steps_seen
         series = self._host_series(steps, generated if rows_match else None, completion.output_tokens)
-        for phase in _ANALYSIS_PHASES:
-            for _ in self.runtime.plugins.call_each(
-                phase, self.failures, info=self.info, series=series, results=results
-            ):
-                pass
+        self.info.finish_reasons = tuple(completion.finish_reasons)
+        self.info.error_type = None if error is None else _error_type(error)
+        self.info.cache = self.session.cache
+        try:
+            for phase in _ANALYSIS_PHASES:
+                for _ in self.runtime.plugins.call_each(
+                    phase, self.failures, info=self.info, series=series, results=results
+                ):
+                    pass
+        finally:
+            self.info.cache = self.session.cache = None  # plugins read its facts; its memory is not ours
         attributes = self._core_attributes(completion, series, error)
-        attributes.update(results.attributes)
+        attributes.update(emitter.without_detail(results.attributes, keep=self._full_detail(results)))
         attributes.update(self._content_attributes(completion, generated))
+        dropped_events = emitter.emit_plugin_events(self.span, results)
+        if dropped_events:
+            results.note_lost(f"{dropped_events} plugin span event(s): span event limit")
         if self._full_detail(results):
             attributes.update(emitter.series_attributes(series))
             token_text = None
@@ -336,7 +367,7 @@ class GenerationCall:
             attributes["gen_ai.response.finish_reasons"] = tuple(completion.finish_reasons)
             attributes["gen_ai.response.model"] = self.request.model_name
         else:
-            attributes["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"
+            attributes["error.type"] = _error_type(error)
         first_token, per_token = decode_timing(series)
         if first_token is not None:
             attributes["corevital.time_to_first_token"] = first_token
@@ -359,7 +390,7 @@ class GenerationCall:
         base = self._metric_base()
         outcome = dict(base)
         if error is not None:
-            outcome["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"
+            outcome["error.type"] = _error_type(error)
         telemetry.record("gen_ai.client.operation.duration", duration, outcome)
         telemetry.record(
             "gen_ai.client.token.usage", completion.input_tokens, {**base, "gen_ai.token.type": "input"}

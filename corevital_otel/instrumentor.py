@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Collection
 from typing import Any
 
@@ -16,8 +15,6 @@ from .generation import Runtime, run_instrumented
 from .patching import patch_generate, patch_pipeline_init, unpatch_generate, unpatch_pipeline_init
 from .plugin_host import PluginFailure, PluginHost
 from .telemetry import Telemetry
-
-logger = logging.getLogger(__name__)
 
 _INSTRUMENTS = ("transformers >= 5.0, < 6",)
 
@@ -46,12 +43,9 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         options = resolve_options(kwargs)
         plugins = PluginHost.load(options.plugins, options.disabled_plugins, options.load_entry_point_plugins)
         failures: list[PluginFailure] = []
+        # A failure here is logged once by the plugin host, then counted and reported on every span.
         declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}
-        for failure in failures:
-            logger.warning(
-                "corevital plugin %s failed to declare metrics: %s", failure.plugin, failure.message
-            )
-        runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared))
+        runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared), failures)
         self.runtime = runtime
         patch_generate(functools.partial(run_instrumented, runtime))
         install_attention_capture()

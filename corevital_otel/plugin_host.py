@@ -79,7 +79,10 @@ class PluginHost:
 
         A failure is appended to ``failures`` (and logged once per plugin and phase) instead of raised.
         """
-        for implementation in self.implementations(phase):
+        # pluggy's tryfirst/trylast markers order a phase (e.g. risk after the health flags it reads);
+        # unmarked implementations keep registration order.
+        ordered = sorted(self.implementations(phase), key=lambda i: (not i.tryfirst) + bool(i.trylast))
+        for implementation in ordered:
             try:
                 result = implementation.function(*[arguments[name] for name in implementation.argnames])
             except Exception as error:  # noqa: BLE001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,17 +34,12 @@ class GenerationRequest:
     num_return_sequences: int
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
+    decoder_prompt_length: int = 0  # columns of the returned sequences that were not generated
+    custom_stops: bool = False  # a stopping criterion besides EOS and the token limit may end rows early
 
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0]) if self.input_ids is not None else 1
-
-    @property
-    def prompt_length(self) -> int:
-        """Columns of the prompt inside the returned sequences (decoder-only models given input_ids)."""
-        if self.is_encoder_decoder or self.input_ids is None:
-            return 0
-        return int(self.input_ids.shape[1])
 
     def span_attributes(self) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -86,13 +80,72 @@ def _model_name(model: Any) -> str:
     return str(name or getattr(config, "model_type", "") or type(model).__name__)
 
 
+# The generation settings the span reports or usage/finish reasons depend on.
+_SETTINGS = (
+    "max_new_tokens",
+    "max_length",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+    "num_beams",
+    "num_return_sequences",
+    "eos_token_id",
+    "pad_token_id",
+    "stop_strings",
+)
+# Used only if this transformers does not expose its defaults.
+_FALLBACK_DEFAULTS = {"max_length": 20, "do_sample": False, "num_beams": 1, "num_return_sequences": 1}
+
+
+def _transformers_defaults() -> dict[str, Any]:
+    from transformers import GenerationConfig
+
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    return dict(defaults()) if callable(defaults) else dict(_FALLBACK_DEFAULTS)
+
+
+def _effective_settings(model: Any, kwargs: dict) -> tuple[dict[str, Any], bool]:
+    """The settings generate() will use, and whether ``max_length`` was left at its default.
+
+    Same precedence as transformers 5's ``_prepare_generation_config``: call keywords, then the call's
+    ``generation_config``, then the model's, then transformers' defaults. Read attribute by attribute,
+    without copying or validating the caller's config: an invalid combination must reach generate(),
+    which raises it inside our span.
+    """
+    sources = (getattr(model, "generation_config", None), kwargs.get("generation_config"))
+    settings = {name: value for name, value in _transformers_defaults().items() if name in _SETTINGS}
+    default_max_length = kwargs.get("max_length") is None
+    for source in sources:
+        for name in _SETTINGS:
+            value = getattr(source, name, None)
+            if value is not None:
+                settings[name] = value
+        default_max_length = default_max_length and getattr(source, "max_length", None) is None
+    settings.update({name: kwargs[name] for name in _SETTINGS if name in kwargs})
+    return settings, default_max_length
+
+
+def _new_token_limit(
+    model: Any, settings: dict[str, Any], default_max_length: bool, prompt_length: int | None
+) -> int | None:
+    """How many tokens generate() may add, resolved as transformers' ``_prepare_generated_length`` does."""
+    if settings.get("max_new_tokens") is not None:
+        return int(settings["max_new_tokens"])
+    max_length = settings.get("max_length")
+    if max_length is None or prompt_length is None:
+        return None
+    if default_max_length:  # transformers then generates max_length new tokens, within the positions
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        limit = int(max_length)
+        if isinstance(positions, int):
+            limit = min(limit, positions - prompt_length)
+        return max(limit, 0)
+    return max(int(max_length) - prompt_length, 0)
+
+
 def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
     """Read the call's effective parameters without touching the caller's objects."""
-    base = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-    config = copy.deepcopy(base) if base is not None else None
-    if config is not None:
-        overrides = {k: v for k, v in kwargs.items() if hasattr(config, k) and k != "generation_config"}
-        config.update(**overrides)
     input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
     if input_ids is None and isinstance(kwargs.get("inputs"), torch.Tensor):
         input_ids = kwargs["inputs"]
@@ -102,30 +155,33 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
         input_ids = None
     mask = kwargs.get("attention_mask")
     model_config = getattr(model, "config", None)
-
-    def setting(name: str, default: Any = None) -> Any:
-        value = getattr(config, name, None) if config is not None else None
-        return default if value is None else value
-
-    max_new_tokens = setting("max_new_tokens")
-    if max_new_tokens is None and setting("max_length") is not None:
-        prompt = input_ids.shape[1] if input_ids is not None and not model_config.is_encoder_decoder else 0
-        max_new_tokens = max(int(setting("max_length")) - prompt, 0)
+    is_encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
+    settings, default_max_length = _effective_settings(model, kwargs)
+    if is_encoder_decoder:
+        # The returned sequences start with the decoder prompt: the start token unless the caller gave one.
+        decoder_ids = kwargs.get("decoder_input_ids")
+        decoder_prompt = int(decoder_ids.shape[-1]) if isinstance(decoder_ids, torch.Tensor) else 1
+    else:
+        decoder_prompt = int(input_ids.shape[1]) if input_ids is not None else None
+    # Trailing padding without EOS only comes from a stopping criterion that ended a row early.
+    custom_stops = bool(settings.get("stop_strings")) or bool(kwargs.get("stopping_criteria"))
     return GenerationRequest(
         model_name=_model_name(model),
         model_type=str(getattr(model_config, "model_type", "") or "unknown"),
-        is_encoder_decoder=bool(getattr(model_config, "is_encoder_decoder", False)),
+        is_encoder_decoder=is_encoder_decoder,
         input_ids=input_ids,
         attention_mask=mask if isinstance(mask, torch.Tensor) else None,
-        max_new_tokens=int(max_new_tokens) if max_new_tokens is not None else None,
-        do_sample=bool(setting("do_sample", False)),
-        temperature=setting("temperature"),
-        top_p=setting("top_p"),
-        top_k=setting("top_k"),
-        num_beams=int(setting("num_beams", 1)),
-        num_return_sequences=int(setting("num_return_sequences", 1)),
-        eos_token_ids=_eos_ids(setting("eos_token_id")),
-        pad_token_id=setting("pad_token_id"),
+        max_new_tokens=_new_token_limit(model, settings, default_max_length, decoder_prompt),
+        do_sample=bool(settings.get("do_sample") or False),
+        temperature=settings.get("temperature"),
+        top_p=settings.get("top_p"),
+        top_k=settings.get("top_k"),
+        num_beams=int(settings.get("num_beams") or 1),
+        num_return_sequences=int(settings.get("num_return_sequences") or 1),
+        eos_token_ids=_eos_ids(settings.get("eos_token_id")),
+        pad_token_id=settings.get("pad_token_id"),
+        decoder_prompt_length=decoder_prompt or 0,
+        custom_stops=custom_stops,
     )
 
 
@@ -148,9 +204,8 @@ def returned_sequences(output: Any) -> torch.Tensor | None:
 
 
 def generated_part(request: GenerationRequest, sequences: torch.Tensor) -> torch.Tensor:
-    """The generated columns of the returned sequences (seq2seq drops the decoder start token)."""
-    start = 1 if request.is_encoder_decoder else request.prompt_length
-    return sequences[:, start:]
+    """The generated columns of the returned sequences (without the prompt or the decoder start token)."""
+    return sequences[:, request.decoder_prompt_length :]
 
 
 def summarize_completion(request: GenerationRequest, sequences: torch.Tensor | None) -> Completion:
@@ -173,8 +228,9 @@ def summarize_completion(request: GenerationRequest, sequences: torch.Tensor | N
             reasons.append("stop")
             continue
         length = len(row)
-        if request.pad_token_id is not None:
-            # Rows shorter than the batch's longest are padded on the right.
+        if request.pad_token_id is not None and request.custom_stops:
+            # A row a stopping criterion ended early is padded on the right; otherwise a row without
+            # EOS ran to the end, and a trailing pad id is a token the model really generated.
             while length and int(row[length - 1]) == request.pad_token_id:
                 length -= 1
         lengths.append(length)

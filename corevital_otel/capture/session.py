@@ -12,6 +12,7 @@ rest of the call; it never reaches the caller's generate().
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ from .layers import ModelLayout
 from .records import AttentionInputs, PromptCapture, StepCapture
 
 logger = logging.getLogger(__name__)
+
+# Hooks are added to and removed from a model that other threads may be running. torch numbers hook
+# handles from a shared, unlocked counter: concurrent registrations could get the same id and
+# overwrite each other's hook. Every registration and removal of ours goes through this lock.
+_HOOKS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,12 @@ class CaptureSession:
         switches: CaptureSwitches,
         deliver_step: Callable[[StepCapture], None],
         is_encoder_decoder: bool,
+        logged_failures: set[str] | None = None,
     ) -> None:
         self.model = model
+        # Capture kinds whose failure was already logged: shared by the calls of one instrumentation,
+        # so a failure that repeats on every generate() is logged once, not once per call.
+        self._logged_failures = set() if logged_failures is None else logged_failures
         self.layout = layout
         self.switches = switches
         self.deliver_step = deliver_step
@@ -75,6 +85,7 @@ class CaptureSession:
         self.step_seconds: list[float] = []
         self.failures: dict[str, str] = {}
         self.steps_seen = 0
+        self.cache: Any = None  # the last ``past_key_values`` the model's forward got: a reference, no copy
         self._pending: StepCapture | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._hidden: list[torch.Tensor | None] = [None] * layout.num_layers
@@ -88,13 +99,14 @@ class CaptureSession:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def attach(self) -> None:
-        self._handles.append(self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
-        self._handles.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True))
-        if self.switches.hidden_states:
-            for index, layer in enumerate(self.layout.layers):
-                self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
-        if self.switches.prompt:
-            self._attach_prompt_hooks()
+        with _HOOKS_LOCK:
+            self._handles.append(self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True))
+            if self.switches.hidden_states:
+                for index, layer in enumerate(self.layout.layers):
+                    self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
+            if self.switches.prompt:
+                self._attach_prompt_hooks()
 
     def _attach_prompt_hooks(self) -> None:
         layout = self.layout
@@ -114,23 +126,26 @@ class CaptureSession:
         return self.switches.prompt and length <= self.switches.prompt_max_tokens
 
     def _after_prompt_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        hidden = _first_tensor(output)
-        if (
-            self._is_mine()
-            and hidden is not None
-            and hidden.dim() == 3
-            and self._prompt_fits(hidden.shape[1])
-        ):
-            self.prompt_hidden[index] = hidden
+        if not self._is_mine():
+            return
+        try:
+            hidden = _first_tensor(output)
+            if hidden is not None and hidden.dim() == 3 and self._prompt_fits(hidden.shape[1]):
+                self.prompt_hidden[index] = hidden
+        except Exception as error:  # noqa: BLE001 - a hook error would break the model's forward
+            self._fail("prompt", error)
 
     def _after_prompt_root(self, module: nn.Module, args: tuple, output: Any) -> None:
         if not self._is_mine() or not (self.is_encoder_decoder or self._in_prefill()):
             return
-        hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None:
-            hidden = _first_tensor(output)
-        if hidden is not None and hidden.dim() == 3 and self._prompt_fits(hidden.shape[1]):
-            self.prompt_final_hidden = hidden
+        try:
+            hidden = getattr(output, "last_hidden_state", None)
+            if hidden is None:
+                hidden = _first_tensor(output)
+            if hidden is not None and hidden.dim() == 3 and self._prompt_fits(hidden.shape[1]):
+                self.prompt_final_hidden = hidden
+        except Exception as error:  # noqa: BLE001
+            self._fail("prompt", error)
 
     def prompt_capture(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
@@ -155,9 +170,10 @@ class CaptureSession:
         self.prompt_final_hidden = None
 
     def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        with _HOOKS_LOCK:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
 
     def finish(self, final_tokens: torch.Tensor | None) -> None:
         """Deliver the last step, whose chosen token is only known from the returned sequences."""
@@ -172,17 +188,28 @@ class CaptureSession:
     def _fail(self, kind: str, error: BaseException) -> None:
         if kind not in self.failures:
             self.failures[kind] = f"{type(error).__name__}: {error}"
-            logger.warning("corevital capture of %s failed and is off for this generation: %s", kind, error)
+            if kind not in self._logged_failures:
+                self._logged_failures.add(kind)
+                logger.warning(
+                    "corevital capture of %s failed and is off for this generation: %r (logged once)",
+                    kind,
+                    error,
+                )
 
     def _is_mine(self) -> bool:
         return ACTIVE_CAPTURE.get() is self
 
     # -- hooks -----------------------------------------------------------------------------------
 
-    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self._is_mine():
+    # A forward pass in another thread may call these two after this session removed them: torch then
+    # no longer knows they take kwargs and calls them without. Such a call is never ours: return.
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
+        if not self._is_mine() or kwargs is None:
             return
         try:
+            cache = kwargs.get("past_key_values")
+            if cache is not None:
+                self.cache = cache
             if self._pending is not None:
                 name = "decoder_input_ids" if self.is_encoder_decoder else "input_ids"
                 ids = kwargs.get(name)
@@ -198,9 +225,10 @@ class CaptureSession:
         except Exception as error:  # noqa: BLE001 - capture must never break generation
             self._fail("steps", error)
 
-    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not self._is_mine():
+    def _after_forward(self, module: nn.Module, args: tuple, *kwargs_and_output: Any) -> None:
+        if not self._is_mine() or len(kwargs_and_output) != 2:
             return
+        output = kwargs_and_output[-1]
         self.step_seconds.append(time.perf_counter() - self.started)
         try:
             logits = getattr(output, "logits", None)
@@ -225,13 +253,16 @@ class CaptureSession:
             self._fail("steps", error)
 
     def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._is_mine():
+        if not self._is_mine() or "hidden_states" in self.failures:
             return
-        hidden = _first_tensor(output)
-        if hidden is not None and hidden.dim() == 3:
-            self._hidden[index] = hidden[:, -1, :]
-            if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
-                self.prompt_hidden[index] = hidden
+        try:
+            hidden = _first_tensor(output)
+            if hidden is not None and hidden.dim() == 3:
+                self._hidden[index] = hidden[:, -1, :]
+                if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
+                    self.prompt_hidden[index] = hidden
+        except Exception as error:  # noqa: BLE001
+            self._fail("hidden_states", error)
 
     def observe_attention(
         self,
@@ -244,15 +275,15 @@ class CaptureSession:
         """Called by the attention-registry wrapper for every attention call on this thread."""
         if not self.switches.attention or "attention" in self.failures:
             return
-        layer = self.layout.self_attention.get(id(module))
-        if layer is None:
-            encoder_layer = self.layout.encoder_self_attention.get(id(module))
-            if encoder_layer is not None and self._prompt_fits(query.shape[2]):
-                self._keep_prompt_attention(encoder_layer, module, query, key, mask, kwargs, causal=False)
-            return
-        if self._in_prefill() and self._prompt_fits(query.shape[2]):
-            self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
         try:
+            layer = self.layout.self_attention.get(id(module))
+            if layer is None:
+                encoder_layer = self.layout.encoder_self_attention.get(id(module))
+                if encoder_layer is not None and self._prompt_fits(query.shape[2]):
+                    self._keep_prompt_attention(encoder_layer, module, query, key, mask, kwargs, causal=False)
+                return
+            if self._in_prefill() and self._prompt_fits(query.shape[2]):
+                self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
             probs, key_counts = new_query_probabilities(
                 query,
                 key,

@@ -1,0 +1,42 @@
+"""Fixtures of the core tests; ``telemetry`` and ``instrumented`` come from tests/conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import corevital_otel
+
+from .helpers import RecordingPlugin
+from .otlp_receiver import OtlpReceiver, running_receiver
+
+
+@pytest.fixture
+def recorder() -> RecordingPlugin:
+    return RecordingPlugin()
+
+
+@pytest.fixture
+def quiet(instrumented):
+    """instrument() with only the given plugin objects (no entry-point plugins): the core alone."""
+
+    def _instrument(*plugins, **options):
+        return instrumented(plugins=list(plugins), load_entry_point_plugins=False, **options)
+
+    return _instrument
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    yield from running_receiver()
+
+
+@pytest.fixture(autouse=True)
+def _never_left_instrumented() -> Iterator[None]:
+    """Each core test starts and ends uninstrumented, whatever the test before it did."""
+    if corevital_otel.is_instrumented():
+        corevital_otel.uninstrument()
+    yield
+    if corevital_otel.is_instrumented():
+        corevital_otel.uninstrument()

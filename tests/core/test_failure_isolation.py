@@ -1,0 +1,181 @@
+"""A failing plugin or capture costs telemetry, never the generation: caught, logged once, counted."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytest
+import torch
+from tiny_models import build_model, prompt_batch
+
+from corevital_otel import GenerationResults, MetricSpec, StepCapture, hookimpl
+from corevital_otel.plugins import logits as logits_plugin
+
+from .helpers import assert_no_hooks, metric_points
+
+PHASES = (
+    "corevital_declare_metrics",
+    "corevital_generation_start",
+    "corevital_prompt",
+    "corevital_step",
+    "corevital_summarize",
+    "corevital_assess",
+    "corevital_explain",
+)
+MAX_NEW = 4
+CALLS = 2
+
+
+class ExplodingPlugin:
+    """Implements every phase; raises in ``phase`` and behaves in all the others."""
+
+    COREVITAL_PLUGIN_NAME = "exploding"
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.calls: Counter[str] = Counter()
+
+    def _enter(self, phase: str) -> None:
+        self.calls[phase] += 1
+        if phase == self.phase:
+            raise RuntimeError(f"boom in {phase}")
+
+    @hookimpl
+    def corevital_declare_metrics(self) -> list[MetricSpec]:
+        self._enter("corevital_declare_metrics")
+        return [MetricSpec("corevital.exploding.value", "1", "histogram", "test value")]
+
+    @hookimpl
+    def corevital_generation_start(self) -> None:
+        self._enter("corevital_generation_start")
+
+    @hookimpl
+    def corevital_prompt(self) -> dict[str, int]:
+        self._enter("corevital_prompt")
+        return {"corevital.exploding.prompt": 1}
+
+    @hookimpl
+    def corevital_step(self, step: StepCapture) -> dict[str, torch.Tensor]:
+        self._enter("corevital_step")
+        return {"exploding.value": step.logits[:, 0]}
+
+    @hookimpl
+    def corevital_summarize(self, results: GenerationResults) -> None:
+        self._enter("corevital_summarize")
+        results.set("corevital.exploding.summary", 1.0)
+
+    @hookimpl
+    def corevital_assess(self) -> None:
+        self._enter("corevital_assess")
+
+    @hookimpl
+    def corevital_explain(self) -> None:
+        self._enter("corevital_explain")
+
+
+def _generate_twice(model) -> list[torch.Tensor]:
+    ids, mask = prompt_batch(batch=2)
+    return [
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False)
+        for _ in range(CALLS)
+    ]
+
+
+def _per_call(phase: str) -> int:
+    return MAX_NEW if phase == "corevital_step" else 1
+
+
+def _warnings_about(caplog, word: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and word in r.getMessage()]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_plugin_failure_in_any_phase(phase, quiet, caplog):
+    model = build_model("llama")
+    reference = _generate_twice(model)
+    plugin = ExplodingPlugin(phase)
+    caplog.set_level(logging.WARNING, logger="corevital_otel")
+    telemetry = quiet(plugin, logits_plugin)
+
+    outputs = _generate_twice(model)
+
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    spans = telemetry.generation_spans()
+    assert len(spans) == CALLS
+    for span in spans:
+        lost = span.attributes["corevital.capture.lost"]
+        assert f"plugin exploding failed in {phase}: RuntimeError" in lost
+        assert "corevital.logits.entropy.mean" in span.attributes  # the other plugin carried on
+        assert span.attributes["gen_ai.usage.output_tokens"] == 2 * MAX_NEW
+    # Every other phase of the failing plugin still ran on every call (the step phase once per token).
+    for other in PHASES[1:]:
+        if other != phase:
+            assert plugin.calls[other] == CALLS * _per_call(other), other
+    errors = [
+        point
+        for point in metric_points(telemetry, "corevital.plugin.errors")
+        if point.attributes["corevital.plugin.name"] == "exploding"
+        and point.attributes["corevital.plugin.phase"] == phase
+    ]
+    # Counted per failure; metrics lost at declaration are counted on every call that lost them.
+    assert sum(point.value for point in errors) == CALLS * _per_call(phase)
+    assert len(_warnings_about(caplog, "exploding")) == 1
+
+
+def test_step_value_of_the_wrong_shape_is_a_plugin_failure(quiet):
+    class WrongShape:
+        COREVITAL_PLUGIN_NAME = "wrong_shape"
+
+        @hookimpl
+        def corevital_step(self, step: StepCapture) -> dict[str, torch.Tensor]:
+            return {"wrong_shape.value": step.logits[:1, 0]}  # one row instead of step.rows
+
+    model = build_model("gpt2")
+    reference = _generate_twice(model)
+    telemetry = quiet(WrongShape())
+    assert all(torch.equal(a, b) for a, b in zip(_generate_twice(model), reference, strict=True))
+    span = telemetry.generation_spans()[0]
+    lost = span.attributes["corevital.capture.lost"]
+    assert "plugin wrong_shape failed in corevital_step: TypeError" in lost
+    assert "corevital.steps.wrong_shape.value" not in span.attributes
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("capture exploded")
+
+
+@pytest.mark.parametrize(
+    ("target", "kinds", "seq2seq_kinds"),
+    [
+        # Layer outputs feed the step's hidden states, and a seq2seq encoder's feed the prompt capture.
+        ("corevital_otel.capture.session._first_tensor", {"hidden_states"}, {"hidden_states", "prompt"}),
+        ("corevital_otel.capture.session.new_query_probabilities", {"attention"}, {"attention"}),
+        ("corevital_otel.capture.session.CaptureSession._collect_hidden", {"steps"}, {"steps"}),
+    ],
+    ids=["layer-hooks", "attention", "step-assembly"],
+)
+@pytest.mark.parametrize("family", ["mixtral", "bart"])
+def test_capture_failure_never_reaches_the_generation(
+    family, target, kinds, seq2seq_kinds, quiet, monkeypatch, caplog
+):
+    model = build_model(family)
+    kinds = seq2seq_kinds if model.config.is_encoder_decoder else kinds
+    reference = _generate_twice(model)
+    monkeypatch.setattr(target, _raise)
+    caplog.set_level(logging.WARNING, logger="corevital_otel")
+    telemetry = quiet(logits_plugin)
+
+    outputs = _generate_twice(model)
+
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    assert_no_hooks(model)
+    for span in telemetry.generation_spans():
+        assert set(span.attributes["corevital.capture.lost"]) == {
+            f"{kind}: RuntimeError: capture exploded" for kind in kinds
+        }
+    counted = Counter()
+    for point in metric_points(telemetry, "corevital.capture.errors"):
+        counted[point.attributes["corevital.capture.kind"]] += point.value
+    assert counted == {kind: CALLS for kind in kinds}
+    assert len(_warnings_about(caplog, "capture exploded")) == len(kinds)
