@@ -1,0 +1,206 @@
+"""Risk: one score per row in [0, 1] with named factors, a running risk during generation, escalation.
+
+The formula (docs/risk.md has the full statement)::
+
+    risk = 1.0                                       when NaN/Inf appeared (factor nan / inf)
+    risk = min(1, floor + sum_c weight_c * component_c)  otherwise
+
+    floor       = max of the fired flags' floors: repetition_loop 0.7, mid_layer_anomaly 0.5,
+                  attention_collapse 0.15 (structural, often present in healthy runs)
+    component_c = mean over the row's steps of scale_c(x_t), for entropy (0.30), margin (0.15),
+                  top-k mass (0.10) and surprisal (0.15); scale_c is 0 at the family's (or baseline's)
+                  typical value and 1 at its bad value (plugins/_scales.py)
+    entropy_trend (0.10) = rise of entropy over the row (least-squares slope x (steps - 1)) divided by
+                  the entropy scale's typical-to-bad distance, clipped to [0, 1]; needs 4 steps
+
+The continuous part alone tops out at 0.8, so only a flag drives a row to 1.0, and a healthy row (whose
+metrics sit near the typical values) scores near 0. ``risk.running`` is the same continuous part per
+step, smoothed with an exponential moving average, and 1.0 from the first NaN/Inf on: it is computed
+on the device during generation and read by the ``risk`` intervention policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepCapture, StepSeries, hookimpl
+from corevital_otel.plugins import _inputs, _options, _trends
+from corevital_otel.plugins._entropy import LN2, entropy_nats
+from corevital_otel.plugins._inputs import Flags
+from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
+
+COREVITAL_PLUGIN_NAME = "risk"
+
+WEIGHTS: Mapping[str, float] = {"entropy": 0.30, "margin": 0.15, "topk_mass": 0.10, "surprisal": 0.15}
+TREND_WEIGHT = 0.10
+TREND_MIN_STEPS = 4
+FLOORS: Mapping[str, float] = {"repetition_loop": 0.7, "mid_layer_anomaly": 0.5, "attention_collapse": 0.15}
+FACTOR_MIN_CONTRIBUTION = 0.02  # a continuous component is named as a factor from this contribution on
+LEVEL_BOUNDS = ((0.3, "low"), (0.7, "medium"))  # below 0.3 low, below 0.7 medium, else high
+DEFAULT_ESCALATE_THRESHOLD = 0.7
+RUNNING_ALPHA = 0.3  # EMA weight of the newest step in risk.running
+RUNNING_SERIES = "risk.running"
+TOP_K = 10
+
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def risk_level(score: float) -> str:
+    for bound, level in LEVEL_BOUNDS:
+        if score < bound:
+            return level
+    return "high"
+
+
+@dataclass(frozen=True)
+class RowRisk:
+    score: float
+    factors: tuple[str, ...]  # fired flags first, then continuous components by contribution
+    contributions: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def level(self) -> str:
+        return risk_level(self.score)
+
+
+def components(values: Mapping[str, np.ndarray | None], scales: Scales) -> dict[str, float]:
+    """Each continuous component's contribution (weight x component) for one row's series."""
+    contributions: dict[str, float] = {}
+    for metric in METRICS:
+        series = values.get(metric)
+        if series is None:
+            continue
+        scored = scales.of(metric).score(series)
+        finite = scored[np.isfinite(scored)]
+        if finite.size:
+            contributions[metric] = WEIGHTS[metric] * float(finite.mean())
+    entropy = values.get("entropy")
+    if entropy is not None and np.isfinite(entropy).sum() >= TREND_MIN_STEPS:
+        _, points = _trends.finite_points(entropy)
+        rise = _trends.slope(entropy) * (points.size - 1)
+        span = abs(scales.entropy.bad - scales.entropy.typical)
+        contributions["entropy_trend"] = TREND_WEIGHT * float(np.clip(rise / span, 0.0, 1.0))
+    return contributions
+
+
+def row_risk(values: Mapping[str, np.ndarray | None], flags: Flags, scales: Scales) -> RowRisk:
+    """The risk of one row from its step series (by metric name) and its health flags."""
+    contributions = components(values, scales)
+    named = sorted(
+        (name for name, value in contributions.items() if value >= FACTOR_MIN_CONTRIBUTION),
+        key=lambda name: -contributions[name],
+    )
+    fired = flags.fired
+    if flags.nonfinite:
+        return RowRisk(1.0, (*fired, *named), contributions)
+    floor = max((FLOORS[name] for name in fired if name in FLOORS), default=0.0)
+    score = float(min(1.0, floor + sum(contributions.values())))
+    return RowRisk(score, (*fired, *named), contributions)
+
+
+def _settings(info: GenerationInfo) -> Mapping[str, Any]:
+    return _options.settings(info.options, COREVITAL_PLUGIN_NAME)
+
+
+# -- during generation ---------------------------------------------------------------------------
+
+
+def step_risk(logits: torch.Tensor, chosen: torch.Tensor | None, scales: Scales) -> torch.Tensor:
+    """``(rows,)`` continuous risk of one step's raw logits: on the device, no host sync, and no
+    constant tensors to copy over (the scales enter as Python numbers)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    probs = log_probs.exp()
+    top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1).values
+    metrics = {
+        "entropy": entropy_nats(probs, log_probs) / LN2,
+        "margin": top[:, 0] - (top[:, 1] if top.shape[-1] > 1 else 0.0),
+        "topk_mass": top.sum(dim=-1),
+    }
+    if chosen is not None:  # the last step's token is only known after generation: no evidence then
+        metrics["surprisal"] = -log_probs.gather(-1, chosen.view(-1, 1).long()).squeeze(-1) / LN2
+    total = torch.zeros_like(metrics["topk_mass"])
+    for metric, values in metrics.items():
+        scale = scales.of(metric)
+        scored = ((values - scale.typical) / (scale.bad - scale.typical)).clamp(0.0, 1.0)
+        total = total + WEIGHTS[metric] * torch.nan_to_num(scored, nan=0.0)
+    return total
+
+
+@hookimpl
+def corevital_generation_start(info: GenerationInfo) -> None:
+    _settings(info)  # a misspelt option fails here, reported, rather than being ignored
+    info.state[COREVITAL_PLUGIN_NAME] = {"scales": resolve(info), "ema": None, "broken": None}
+
+
+@hookimpl
+def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+    state = info.state.get(COREVITAL_PLUGIN_NAME)
+    if state is None or step.logits is None or _settings(info).get("running") is False:
+        return None
+    logits = step.logits
+    instant = step_risk(logits, step.chosen, state["scales"])
+    # -inf is a legitimate logit mask; NaN and +inf are breakage.
+    broken = (logits.isnan() | logits.isposinf()).any(dim=-1)
+    if step.hidden is not None:  # (layers, rows, hidden): a NaN in any layer counts
+        broken |= (~torch.isfinite(step.hidden).all(dim=-1).all(dim=0)).to(broken.device)
+    previous, seen = state["ema"], state["broken"]
+    if previous is None or previous.shape != instant.shape:
+        ema, seen = instant, broken
+    else:
+        ema, seen = RUNNING_ALPHA * instant + (1.0 - RUNNING_ALPHA) * previous, seen | broken
+    state["ema"], state["broken"] = ema, seen
+    return {RUNNING_SERIES: torch.where(seen, torch.ones_like(ema), ema)}
+
+
+# -- after generation ----------------------------------------------------------------------------
+
+
+@hookimpl
+def corevital_declare_metrics() -> list[MetricSpec]:
+    return [
+        MetricSpec(
+            "corevital.risk.score",
+            "1",
+            "histogram",
+            "Risk score of each generated row, in [0, 1].",
+            SCORE_BUCKETS,
+        ),
+        MetricSpec(
+            "corevital.generations",
+            "{generation}",
+            "counter",
+            "Generated rows, by corevital.risk.level (low < 0.3 <= medium < 0.7 <= high).",
+        ),
+    ]
+
+
+def row_values(series: StepSeries, row: int) -> dict[str, np.ndarray | None]:
+    """One row's logit series by risk metric name."""
+    return {metric: _inputs.row_series(series, name, row) for metric, name in SERIES.items()}
+
+
+@hookimpl(trylast=True)  # after the health plugin's assess, whose flags set the floors
+def corevital_assess(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
+    scales = resolve(info)
+    row_flags = _inputs.flags(info, series, results)
+    risks = [row_risk(row_values(series, row), row_flags[row], scales) for row in range(len(row_flags))]
+    if not risks:
+        return
+    scores = [risk.score for risk in risks]
+    results.set("corevital.risk.score", scores)
+    results.set("corevital.risk.level", [risk.level for risk in risks])
+    results.set("corevital.risk.factors", [",".join(risk.factors) for risk in risks])
+    results.set("corevital.risk.max", max(scores))
+    results.set("corevital.risk.calibration", scales.source)
+    if info.capture_mode == "on_risk":
+        threshold = float(_settings(info).get("escalate_threshold", DEFAULT_ESCALATE_THRESHOLD))
+        escalate = max(scores) >= threshold or any(flags.serious for flags in row_flags)
+        results.set("corevital.capture.escalated", bool(escalate))
+    for risk in risks:
+        results.record_metric("corevital.risk.score", risk.score)
+        results.record_metric("corevital.generations", 1, {"corevital.risk.level": risk.level})

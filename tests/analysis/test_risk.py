@@ -1,0 +1,215 @@
+"""The risk formula: NaN/Inf forces 1.0, flags set floors, continuous components add, capped, never
+saturating on typical values; the on-device running risk agrees with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from corevital_otel.plugins import risk
+from corevital_otel.plugins._inputs import Flags
+from corevital_otel.plugins._scales import FAMILY_SCALES, METRICS
+
+from .helpers import default_scales, make_info, make_series, results_with
+
+SCALES = default_scales()
+STEPS = 12
+
+
+def constant(**values: float) -> dict[str, np.ndarray]:
+    return {metric: np.full(STEPS, value) for metric, value in values.items()}
+
+
+TYPICAL = constant(**{m: FAMILY_SCALES["default"][m].typical for m in METRICS})
+WORST = constant(**{m: FAMILY_SCALES["default"][m].bad for m in METRICS})
+
+
+def test_typical_values_score_zero_and_name_no_factor():
+    result = risk.row_risk(TYPICAL, Flags(), SCALES)
+    assert result.score == 0.0 and result.factors == () and result.level == "low"
+
+
+def test_worst_values_without_flags_stay_below_one():
+    result = risk.row_risk(WORST, Flags(), SCALES)
+    assert result.score == pytest.approx(sum(risk.WEIGHTS.values()))
+    assert result.score < 1.0 and result.level == "high"
+    assert result.factors == ("entropy", "margin", "surprisal", "topk_mass")  # by contribution
+
+
+@pytest.mark.parametrize("flag", ["nan", "inf"])
+def test_nonfinite_forces_one_whatever_the_series(flag):
+    result = risk.row_risk(TYPICAL, Flags(**{flag: True}), SCALES)
+    assert result.score == 1.0 and result.factors[0] == flag
+
+
+@pytest.mark.parametrize(
+    ("flag", "floor"), [("repetition_loop", 0.7), ("mid_layer_anomaly", 0.5), ("attention_collapse", 0.15)]
+)
+def test_flags_set_floors_that_continuous_components_add_to(flag, floor):
+    assert risk.row_risk(TYPICAL, Flags(**{flag: True}), SCALES).score == pytest.approx(floor)
+    half = constant(entropy=3.5)  # halfway between typical 2.0 and bad 5.0
+    expected = floor + 0.5 * risk.WEIGHTS["entropy"]
+    assert risk.row_risk(half, Flags(**{flag: True}), SCALES).score == pytest.approx(expected)
+
+
+def test_highest_floor_wins_and_the_sum_is_capped():
+    flags = Flags(repetition_loop=True, mid_layer_anomaly=True, attention_collapse=True)
+    result = risk.row_risk(WORST, flags, SCALES)
+    assert result.score == 1.0
+    assert result.factors[:3] == ("repetition_loop", "mid_layer_anomaly", "attention_collapse")
+
+
+def test_rising_entropy_adds_the_trend_component():
+    rising = {"entropy": np.linspace(2.0, 5.0, STEPS)}  # rises by the whole typical-to-bad span
+    contributions = risk.components(rising, SCALES)
+    assert contributions["entropy_trend"] == pytest.approx(risk.TREND_WEIGHT)
+    assert contributions["entropy"] == pytest.approx(risk.WEIGHTS["entropy"] * 0.5)
+    falling = risk.components({"entropy": np.linspace(5.0, 2.0, STEPS)}, SCALES)
+    assert falling["entropy_trend"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # no series published
+        {"entropy": np.array([])},  # no step
+        {"entropy": np.array([6.0])},  # single step: no trend
+        {"entropy": np.full(STEPS, np.nan), "margin": np.full(STEPS, np.nan)},  # every step broken
+    ],
+)
+def test_degenerate_series_never_raise(values):
+    result = risk.row_risk(values, Flags(), SCALES)
+    assert 0.0 <= result.score <= 1.0
+    assert "entropy_trend" not in result.contributions
+
+
+def test_nan_steps_are_skipped_not_propagated():
+    values = {"entropy": np.array([5.0, np.nan, 5.0, np.inf])}
+    assert risk.row_risk(values, Flags(), SCALES).score == pytest.approx(risk.WEIGHTS["entropy"])
+
+
+def test_very_long_series():
+    values = {m: np.tile(v, 5000) for m, v in WORST.items()}
+    assert risk.row_risk(values, Flags(), SCALES).score == pytest.approx(sum(risk.WEIGHTS.values()))
+
+
+@pytest.mark.parametrize(("score", "level"), [(0.0, "low"), (0.2999, "low"), (0.3, "medium"), (0.7, "high")])
+def test_levels(score, level):
+    assert risk.risk_level(score) == level
+
+
+def test_step_risk_on_device_matches_the_host_components():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * torch.tensor([[0.5], [3.0], [8.0]])
+    chosen = torch.tensor([1, 2, 3])
+    on_device = risk.step_risk(logits, chosen, SCALES)
+    log_probs = torch.log_softmax(logits, -1)
+    probs = log_probs.exp()
+    top = probs.topk(10, -1).values
+    for row in range(3):
+        values = {
+            "entropy": np.array([float(-(probs[row] * log_probs[row]).sum() / np.log(2))]),
+            "margin": np.array([float(top[row, 0] - top[row, 1])]),
+            "topk_mass": np.array([float(top[row].sum())]),
+            "surprisal": np.array([float(-log_probs[row, chosen[row]] / np.log(2))]),
+        }
+        expected = sum(risk.components(values, SCALES).values())
+        assert float(on_device[row]) == pytest.approx(expected, abs=1e-5)
+
+
+class _Step:
+    def __init__(self, logits, hidden=None, chosen=None):
+        self.logits, self.hidden, self.chosen, self.rows = logits, hidden, chosen, logits.shape[0]
+
+
+def test_running_risk_is_an_ema_and_sticks_at_one_after_nan():
+    info = make_info(rows=2)
+    risk.corevital_generation_start(info)
+    flat = torch.zeros(2, 50)  # uniform: high entropy, zero margin
+    first = risk.corevital_step(info, _Step(flat))[risk.RUNNING_SERIES]
+    peaked = torch.full((2, 50), -30.0)
+    peaked[:, 0] = 30.0
+    second = risk.corevital_step(info, _Step(peaked, chosen=torch.zeros(2, dtype=torch.long)))
+    second = second[risk.RUNNING_SERIES]
+    assert torch.allclose(second, (1 - risk.RUNNING_ALPHA) * first, atol=1e-5)  # peaked scores 0
+    hidden = torch.zeros(2, 2, 8)  # (layers, rows, hidden)
+    hidden[1, 0, 3] = float("nan")  # row 0 breaks in layer 1
+    third = risk.corevital_step(info, _Step(peaked, hidden=hidden))[risk.RUNNING_SERIES]
+    assert third[0] == 1.0 and third[1] < 1.0
+    fourth = risk.corevital_step(info, _Step(peaked))[risk.RUNNING_SERIES]
+    assert fourth[0] == 1.0  # sticky
+
+
+def test_running_risk_can_be_switched_off():
+    info = make_info(rows=1, risk={"running": False})
+    risk.corevital_generation_start(info)
+    assert risk.corevital_step(info, _Step(torch.zeros(1, 5))) is None
+
+
+def test_assess_publishes_scores_levels_factors_and_metrics():
+    entropy = np.stack([np.full(STEPS, 2.0), np.full(STEPS, 5.0)], axis=1)
+    series = make_series(logits__entropy=entropy)
+    results = results_with(
+        corevital__health__per_row__repetition_loop_detected=np.array([False, True]),
+        corevital__health__per_row__nan_detected=np.array([False, False]),
+    )
+    info = make_info(rows=2, capture_mode="on_risk")
+    risk.corevital_assess(info, series, results)
+    scores = results.get("corevital.risk.score")
+    assert scores[0] == 0.0 and scores[1] == pytest.approx(0.7 + risk.WEIGHTS["entropy"])
+    assert results.get("corevital.risk.level") == ["low", "high"]
+    assert results.get("corevital.risk.factors") == ["", "repetition_loop,entropy"]
+    assert results.get("corevital.capture.escalated") is True
+    recorded = [(m.name, m.value, m.attributes) for m in results.metrics]
+    assert recorded == [
+        ("corevital.risk.score", 0.0, {}),
+        ("corevital.generations", 1.0, {"corevital.risk.level": "low"}),
+        ("corevital.risk.score", scores[1], {}),
+        ("corevital.generations", 1.0, {"corevital.risk.level": "high"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("capture_mode", "escalated"), [("on_risk", False), ("full", None), ("summary", None)]
+)
+def test_escalation_only_in_on_risk_mode_and_only_when_risky(capture_mode, escalated):
+    series = make_series(logits__entropy=np.full(STEPS, 2.0))
+    results = results_with()
+    risk.corevital_assess(make_info(capture_mode=capture_mode), series, results)
+    assert results.get("corevital.capture.escalated") is escalated
+
+
+@pytest.mark.parametrize(
+    "options", [{"risk": {"escalate_treshold": 0.5}}, {"risk": ["running"]}, {"fingerprint": {"sault": "x"}}]
+)
+def test_misspelt_options_raise_instead_of_keeping_defaults(options):
+    from corevital_otel.plugins import _options
+
+    (plugin,) = options
+    with pytest.raises(ValueError, match="plugin_options"):
+        _options.settings(options, plugin)
+
+
+def test_a_misspelt_option_is_reported_on_the_span(instrumented):
+    from tiny_models import build_model, prompt_batch
+
+    telemetry = instrumented(plugin_options={"risk": {"escalate_treshold": 0.5}})
+    ids, mask = prompt_batch(batch=1)
+    build_model("llama").generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    (span,) = telemetry.generation_spans()
+    assert (
+        "plugin risk failed in corevital_generation_start: ValueError"
+        in span.attributes["corevital.capture.lost"]
+    )
+
+
+def test_masked_logits_are_not_breakage():
+    info = make_info(rows=1)
+    risk.corevital_generation_start(info)
+    logits = torch.zeros(1, 50)
+    logits[0, 10:] = float("-inf")  # a model masking part of its vocabulary
+    running = risk.corevital_step(info, _Step(logits))[risk.RUNNING_SERIES]
+    assert float(running[0]) < 1.0
+    logits[0, 3] = float("inf")
+    assert float(risk.corevital_step(info, _Step(logits))[risk.RUNNING_SERIES][0]) == 1.0
