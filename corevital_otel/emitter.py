@@ -24,19 +24,29 @@ STEP_EVENTS_EMITTED = "corevital.step.events_emitted"
 _RESERVED_ATTRIBUTES = 2  # room for the two bookkeeping attributes above
 _RESERVED_EVENTS = 2  # gen_ai.client.inference.operation.details and exception
 
-# Lower rank = kept first when the span cannot hold everything.
+# Lower rank = kept first when the span cannot hold everything. First match wins, so the core scalars
+# named like a family (``corevital.steps.count`` among the step series) come before their family.
 _PRIORITY_PREFIXES = (
     ("gen_ai.", 0),
     ("error.", 0),
+    ("corevital.steps.count", 0),
+    ("corevital.sequences.count", 0),
+    ("corevital.step.events_", 0),  # how many step events were left out
+    ("corevital.time_", 0),  # time to first token, time per output token
     ("corevital.health.", 1),
     ("corevital.risk.", 1),
     ("corevital.capture.", 1),
     ("corevital.plugin.", 1),
     ("corevital.layers.", 3),
+    ("corevital.prompt.positions.", 3),
     ("corevital.steps.", 4),
 )
 
 _OMIT = object()
+
+# Per-layer and per-position plugin attributes: exported only in full detail (capture mode ``full``, or
+# ``on_risk`` once escalated), like the step series.
+DETAIL_PREFIXES = ("corevital.layers.", "corevital.prompt.positions.")
 
 
 def _rank(name: str) -> int:
@@ -70,6 +80,13 @@ def clean_attribute(value: Any) -> Any:
         return tuple(items)
     plain = _plain(value)
     return _OMIT if plain is None else plain
+
+
+def without_detail(attributes: dict[str, Any], keep: bool) -> dict[str, Any]:
+    """``attributes`` as is when ``keep``, else without the detail ones (see ``DETAIL_PREFIXES``)."""
+    if keep:
+        return attributes
+    return {name: value for name, value in attributes.items() if not name.startswith(DETAIL_PREFIXES)}
 
 
 def span_limits(span: Any) -> tuple[int | None, int | None]:
@@ -139,6 +156,18 @@ def step_event_attributes(
     return attributes
 
 
+def event_room(span: Any, wanted: int) -> int:
+    """How many of ``wanted`` events ``span`` can still take, leaving room for the content-details and
+    exception events (which must never push others out); 0 for a span that records nothing (unsampled:
+    it has no event list, and building events for it would be wasted work)."""
+    if not span.is_recording():
+        return 0
+    _, span_max_events = span_limits(span)
+    if span_max_events is None:
+        return wanted
+    return min(wanted, max(span_max_events - _RESERVED_EVENTS - len(span.events), 0))
+
+
 def emit_step_events(
     span: Any,
     series: StepSeries,
@@ -147,15 +176,22 @@ def emit_step_events(
     token_text: TokenText | None = None,
 ) -> dict[str, int]:
     """Add bounded ``corevital.step`` events; return the bookkeeping attributes to set on the span."""
-    _, span_max_events = span_limits(span)
-    if span_max_events is not None:
-        # Leave room for the content-details and exception events, which must never push steps out.
-        max_events = min(max_events, max(span_max_events - _RESERVED_EVENTS - len(span.events), 0))
+    max_events = event_room(span, max_events)
     steps = choose_event_steps(series.steps, results.flagged_steps, max_events)
     for step in steps:
         reasons = results.flagged_steps.get(step, [])
         span.add_event(STEP_EVENT, step_event_attributes(series, step, reasons, token_text))
     return {STEP_EVENTS_EMITTED: len(steps), STEP_EVENTS_DROPPED: series.steps - len(steps)}
+
+
+def emit_plugin_events(span: Any, results: GenerationResults) -> int:
+    """Add the events plugins asked for (``results.add_event``), within the span's event limit (leaving the
+    reserved room); return how many did not fit."""
+    room = event_room(span, len(results.events))
+    for name, attributes in results.events[:room]:
+        cleaned = {key: clean_attribute(value) for key, value in attributes.items()}
+        span.add_event(name, {key: value for key, value in cleaned.items() if value is not _OMIT})
+    return len(results.events) - room
 
 
 def series_attributes(series: StepSeries) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
 
 from . import content, emitter
 from .caller_context import current_context_attributes
@@ -41,6 +42,8 @@ from .telemetry import Telemetry
 logger = logging.getLogger(__name__)
 
 _ANALYSIS_PHASES = ("corevital_summarize", "corevital_assess", "corevital_explain")
+# Per-step plugin values are meant to be small (a value per row, layer or head): far above any of those.
+MAX_STEP_VALUES_PER_ROW = 65_536
 
 
 @dataclass
@@ -79,6 +82,21 @@ def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, k
     ACTIVE_CAPTURE.reset(token)
     call.finish(output, None)
     return output
+
+
+def _step_value_problem(name: Any, value: Any, rows: int) -> Exception | None:
+    """Why a plugin's step value cannot become a step series, or None when it can."""
+    if not isinstance(name, str):
+        return TypeError(f"step value name {name!r} must be a string")
+    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != rows:
+        return TypeError(f"step value {name!r} must be a tensor with first dimension {rows}")
+    # Kept on the device for every step until generate() returns: an oversized value would grow
+    # memory with the generated length (shape metadata only, no host sync).
+    if value.numel() > rows * MAX_STEP_VALUES_PER_ROW:
+        return ValueError(
+            f"step value {name!r} has {value.numel() // rows} values per row (limit {MAX_STEP_VALUES_PER_ROW})"
+        )
+    return None
 
 
 def _error_type(error: BaseException) -> str:
@@ -137,6 +155,8 @@ class GenerationCall:
         self.lost: list[str] = []
         if not layout.layers:
             self.lost.append("hidden_states and attention: decoder layers not found")
+        elif options.capture_attention and not layout.self_attention:
+            self.lost.append("attention: no self-attention module found in the decoder layers")
         switches = CaptureSwitches(
             logits=options.capture_logits,
             hidden_states=options.capture_hidden_states and bool(layout.layers),
@@ -160,6 +180,12 @@ class GenerationCall:
             kind=SpanKind.INTERNAL,
             attributes={**request.span_attributes(), **caller},
         )
+        context = self.span.get_span_context()
+        if context.trace_flags.sampled:  # plugins may link to a sampled span (e.g. Langfuse scores)
+            self.info.trace_id, self.info.span_id = (
+                format_trace_id(context.trace_id),
+                format_span_id(context.span_id),
+            )
         try:
             self.session.attach()
         except BaseException:
@@ -173,10 +199,13 @@ class GenerationCall:
         self._prompt_delivered = True
         prompt = self.session.prompt_capture(self.request.input_ids, self.request.attention_mask)
         try:
-            for _, values in self.runtime.plugins.call_each(
+            for plugin, values in self.runtime.plugins.call_each(
                 "corevital_prompt", self.failures, info=self.info, prompt=prompt
             ):
-                if values:
+                if values is not None and not isinstance(values, Mapping):
+                    error = TypeError(f"prompt values must be a mapping, not {type(values).__name__}")
+                    self.runtime.plugins.record_failure(self.failures, plugin, "corevital_prompt", error)
+                elif values:
                     self._prompt_results.update(values)
         finally:
             self.session.release_prompt()
@@ -189,12 +218,14 @@ class GenerationCall:
         for plugin, values in self.runtime.plugins.call_each(
             "corevital_step", self.failures, info=self.info, step=step
         ):
+            if values is not None and not isinstance(values, Mapping):
+                error = TypeError(f"step values must be a mapping, not {type(values).__name__}")
+                self.runtime.plugins.record_failure(self.failures, plugin, "corevital_step", error)
+                continue
             for name, value in (values or {}).items():
-                if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != step.rows:
-                    error = TypeError(
-                        f"step value {name!r} must be a tensor with first dimension {step.rows}"
-                    )
-                    self.runtime.plugins.record_failure(self.failures, plugin, "corevital_step", error)
+                problem = _step_value_problem(name, value, step.rows)
+                if problem is not None:
+                    self.runtime.plugins.record_failure(self.failures, plugin, "corevital_step", problem)
                     continue
                 self.series.add(step.index, name, value)
                 outputs[name] = value
@@ -279,7 +310,11 @@ class GenerationCall:
                     self.span, series, results, self.runtime.options.max_step_events, token_text
                 )
             )
-        lost = self.lost + [f"{kind}: {why}" for kind, why in self.session.failures.items()] + results.lost
+        session = self.session
+        if session.switches.attention and steps and not session.attention_steps and not session.failures:
+            # Models with their own attention code (e.g. Bloom, Falcon) never call transformers' registry.
+            self.lost.append("attention: the model's attention does not use transformers' AttentionInterface")
+        lost = self.lost + [f"{kind}: {why}" for kind, why in session.failures.items()] + results.lost
         lost += [f"plugin {f.plugin} failed in {f.phase}: {f.error_type}" for f in self.failures]
         if lost:
             attributes["corevital.capture.lost"] = tuple(dict.fromkeys(lost))

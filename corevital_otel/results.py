@@ -34,6 +34,20 @@ class GenerationInfo:
     model: Any = None
     state: dict[str, Any] = field(default_factory=dict)
     caller: Mapping[str, Any] = field(default_factory=dict)  # attributes from corevital_otel.context()
+    # The tokenizer content capture would use (generate(tokenizer=...), a streamer's, a pipeline's or a
+    # registered one), or None. Plugins may decode ids to classify them; they never export the text.
+    tokenizer: Any = None
+    # Known once generate() returned or raised, before the summarize phase:
+    finish_reasons: tuple[str, ...] = ()  # per returned sequence, as gen_ai.response.finish_reasons
+    error_type: str | None = None  # fully qualified class of the exception generate() raised, if it did
+    # The KV cache object generate() used (a transformers Cache), None without one; released after the
+    # explain phase, so read its facts, never keep it.
+    cache: Any = None
+    # The generation span's W3C ids in lower-case hex (what Langfuse uses as trace and observation ids),
+    # set once the span started (after corevital_generation_start); None when the span is not sampled.
+    # For linking to the trace only: never put them on a metric (high cardinality).
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 @dataclass
@@ -78,6 +92,7 @@ class GenerationResults:
     flagged_steps: dict[int, list[str]] = field(default_factory=dict)
     metrics: list[MetricRecording] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    events: list[tuple[str, dict[str, AttributeValue]]] = field(default_factory=list)
 
     def set(self, name: str, value: AttributeValue) -> None:
         self.attributes[name] = value
@@ -93,6 +108,11 @@ class GenerationResults:
     ) -> None:
         """Record one value on a metric the plugin declared; the core adds model/provider attributes."""
         self.metrics.append(MetricRecording(name, float(value), dict(attributes or {})))
+
+    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        """Ask for a span event (e.g. ``corevital.drift``); the core adds it within the span's event limit,
+        before the ``corevital.step`` events, in every capture mode. Document its name and attributes."""
+        self.events.append((name, dict(attributes or {})))
 
     def note_lost(self, what: str) -> None:
         """Say what could not be captured or computed; it is exported as ``corevital.capture.lost``."""

@@ -2,36 +2,45 @@
 
 Per step and row: Shannon entropy (bits), perplexity 2^H, surprisal of the chosen token (bits),
 top-1 minus top-2 probability margin, top-10 probability mass and max probability. Computed with
-log_softmax, so logits masked to -inf (by the model or a bad-words list in the model) stay finite.
+log_softmax, so logits masked to -inf (by the model or a bad-words list in the model) stay finite; a NaN
+logit makes every statistic of its row NaN (exported as null), never a confident-looking number. NaN/Inf
+logits are flagged by the health plugin.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepSeries, hookimpl
-from corevital_otel.plugins._summary import per_row, real_values
+from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepCapture, StepSeries, hookimpl
+from corevital_otel.plugins._entropy import LN2, entropy_nats
+from corevital_otel.plugins._summary import publish, real_values
 
 COREVITAL_PLUGIN_NAME = "logits"
-_LN2 = math.log(2.0)
 _TOP_K_MASS = 10
 
 _BIT_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 
+# (series, span attribute, reduction over a row's steps)
+_AGGREGATES = (
+    ("logits.entropy", "corevital.logits.entropy.mean", "mean"),
+    ("logits.entropy", "corevital.logits.entropy.max", "max"),
+    ("logits.perplexity", "corevital.logits.perplexity.mean", "mean"),
+    ("logits.surprisal", "corevital.logits.surprisal.mean", "mean"),
+    ("logits.margin", "corevital.logits.margin.mean", "mean"),
+    ("logits.top10_mass", "corevital.logits.top10_mass.mean", "mean"),
+)
+
 
 def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-row statistics of ``(rows, vocab)`` raw logits; ``chosen`` ``(rows,)`` token ids or None."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    log_probs = torch.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
-    # 0 * log 0 is 0 by convention; with -inf logits the product would otherwise be NaN.
-    plogp = torch.where(probs > 0, probs * log_probs, torch.zeros((), device=probs.device))
-    entropy = -plogp.sum(dim=-1) / _LN2
+    entropy = entropy_nats(probs, log_probs) / LN2
     top = probs.topk(min(_TOP_K_MASS, probs.shape[-1]), dim=-1).values
     second = top[:, 1] if top.shape[-1] > 1 else torch.zeros_like(top[:, 0])
     if chosen is not None:
-        surprisal = -log_probs.gather(-1, chosen.view(-1, 1).long()).squeeze(-1) / _LN2
+        surprisal = -log_probs.gather(-1, chosen.view(-1, 1).long()).squeeze(-1) / LN2
     else:
         surprisal = torch.full_like(entropy, float("nan"))
     return {
@@ -65,7 +74,7 @@ def corevital_declare_metrics() -> list[MetricSpec]:
 
 
 @hookimpl
-def corevital_step(info: GenerationInfo, step) -> dict[str, torch.Tensor] | None:
+def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
     if step.logits is None:
         return None
     return logit_statistics(step.logits, step.chosen)
@@ -77,12 +86,7 @@ def corevital_summarize(info: GenerationInfo, series: StepSeries, results: Gener
     if entropy is None:
         return
     mask = series.mask
-    results.set("corevital.logits.entropy.mean", per_row(entropy, mask, "mean"))
-    results.set("corevital.logits.entropy.max", per_row(entropy, mask, "max"))
-    results.set("corevital.logits.perplexity.mean", per_row(series.arrays["logits.perplexity"], mask, "mean"))
-    results.set("corevital.logits.surprisal.mean", per_row(series.arrays["logits.surprisal"], mask, "mean"))
-    results.set("corevital.logits.margin.mean", per_row(series.arrays["logits.margin"], mask, "mean"))
-    results.set("corevital.logits.top10_mass.mean", per_row(series.arrays["logits.top10_mass"], mask, "mean"))
+    publish(series, results, _AGGREGATES)
     for value in real_values(entropy, mask):
         results.record_metric("corevital.token.entropy", value)
     for value in real_values(series.arrays["logits.surprisal"], mask):

@@ -85,6 +85,7 @@ class CaptureSession:
         self.step_seconds: list[float] = []
         self.failures: dict[str, str] = {}
         self.steps_seen = 0
+        self.attention_steps = 0  # steps with every layer's attention row: 0 means the kernel bypassed us
         self.cache: Any = None  # the last ``past_key_values`` the model's forward got: a reference, no copy
         self._pending: StepCapture | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -239,12 +240,14 @@ class CaptureSession:
             last_logits = (
                 logits[:, -1, :].float() if self.switches.logits and "logits" not in self.failures else None
             )
+            attention = self._collect_attention()
+            self.attention_steps += attention is not None
             self._pending = StepCapture(
                 index=self.steps_seen,
                 rows=int(logits.shape[0]),
                 logits=last_logits,
                 hidden=self._collect_hidden(),
-                attention=self._collect_attention(),
+                attention=attention,
                 attention_keys=self._collect_attention_keys(),
                 chosen=None,
             )

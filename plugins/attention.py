@@ -1,0 +1,132 @@
+"""Attention metrics of each generated token's query row, per layer and head, from the capture's softmax rows.
+
+Per head: entropy (bits), entropy normalised by log(number of keys) and concentration (largest weight).
+Per layer: min/mean/max of those over heads, and how many heads are *collapsed* (normalised entropy below
+the profile's threshold) or *focused* (largest weight above it). A row that may attend to a single key
+has no choice to make: its normalised entropy is undefined (NaN) and it is neither collapsed nor focused.
+Keys a row may not attend to (padding, beyond a layer's keys) have weight exactly 0 and contribute nothing,
+so a padded sequence gets the metrics of the same sequence unpadded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from corevital_otel import GenerationInfo, GenerationResults, StepCapture, StepSeries, hookimpl
+from corevital_otel.plugins._entropy import LN2, entropy_nats
+from corevital_otel.plugins._profiles import Thresholds, thresholds_for
+from corevital_otel.plugins._summary import publish, wants_detail
+
+COREVITAL_PLUGIN_NAME = "attention"
+
+# per-layer series -> (span attribute, reduction over a row's steps); exported in full detail only
+_LAYER_AGGREGATES = (
+    ("attention.layers.entropy.mean", "corevital.layers.attention.entropy.mean", "mean"),
+    ("attention.layers.entropy.min", "corevital.layers.attention.entropy.min", "min"),
+    ("attention.layers.entropy.max", "corevital.layers.attention.entropy.max", "max"),
+    (
+        "attention.layers.normalized_entropy.mean",
+        "corevital.layers.attention.normalized_entropy.mean",
+        "mean",
+    ),
+    ("attention.layers.concentration.min", "corevital.layers.attention.concentration.min", "min"),
+    ("attention.layers.concentration.max", "corevital.layers.attention.concentration.max", "max"),
+    ("attention.layers.collapsed_heads", "corevital.layers.attention.collapsed_heads.max", "max"),
+    ("attention.layers.focused_heads", "corevital.layers.attention.focused_heads.max", "max"),
+)
+_ROW_AGGREGATES = (
+    ("attention.entropy.mean", "corevital.attention.entropy.mean", "mean"),
+    ("attention.entropy.min", "corevital.attention.entropy.min", "min"),
+    ("attention.concentration.max", "corevital.attention.concentration.max", "max"),
+    ("attention.collapsed_heads", "corevital.attention.collapsed_heads.max", "max"),
+)
+
+
+def head_statistics(
+    attention: torch.Tensor, keys: torch.Tensor, thresholds: Thresholds
+) -> dict[str, torch.Tensor]:
+    """Per-head statistics of ``(layers, rows, heads, keys)`` weights with ``(layers, rows)`` key counts.
+
+    Returns ``(layers, rows, heads)`` tensors: ``entropy`` (bits), ``normalized_entropy`` (NaN for a
+    single key), ``concentration``, and 0/1 ``collapsed`` and ``focused``.
+    """
+    attention = attention.float()
+    nats = entropy_nats(attention)
+    choice = (keys > 1).unsqueeze(-1)
+    log_keys = keys.clamp(min=2).float().log().unsqueeze(-1)
+    normalized = torch.where(choice, nats / log_keys, torch.full_like(nats, float("nan")))
+    concentration = attention.amax(dim=-1)
+    # NaN compares False: a single-key row or a broken row is never counted as collapsed or focused.
+    collapsed = normalized < thresholds.collapse_normalized_entropy
+    focused = choice & (concentration > thresholds.focus_max_weight)
+    return {
+        "entropy": nats / LN2,
+        "normalized_entropy": normalized,
+        "concentration": concentration,
+        "collapsed": collapsed.float(),
+        "focused": focused.float(),
+    }
+
+
+def layer_collapsed(collapsed_heads: torch.Tensor, heads: int, thresholds: Thresholds) -> torch.Tensor:
+    """0/1 per layer: at least ``collapse_head_fraction`` of its heads (and at least one) collapsed."""
+    needed = max(1, math.ceil(thresholds.collapse_head_fraction * heads))
+    return (collapsed_heads >= needed).float()
+
+
+def _rows_first(per_layer: torch.Tensor) -> torch.Tensor:
+    return per_layer.transpose(0, 1)  # (layers, rows) -> (rows, layers)
+
+
+def attention_step_values(
+    attention: torch.Tensor, keys: torch.Tensor, thresholds: Thresholds, detail: bool
+) -> dict[str, torch.Tensor]:
+    """Step outputs: ``(rows,)`` series over all layers and heads, ``(rows, layers)`` per-layer series."""
+    stats = head_statistics(attention, keys, thresholds)
+    entropy, concentration = stats["entropy"], stats["concentration"]
+    collapsed = stats["collapsed"].sum(dim=-1)
+    focused = stats["focused"].sum(dim=-1)
+    values = {
+        "attention.entropy.mean": entropy.mean(dim=(0, 2)),
+        "attention.entropy.min": entropy.amin(dim=(0, 2)),
+        "attention.concentration.max": concentration.amax(dim=(0, 2)),
+        "attention.collapsed_heads": collapsed.sum(dim=0),
+        "attention.focused_heads": focused.sum(dim=0),
+        "attention.layers.entropy.mean": _rows_first(entropy.mean(dim=-1)),
+        "attention.layers.collapsed_heads": _rows_first(collapsed),
+        "attention.layers.collapsed": _rows_first(layer_collapsed(collapsed, entropy.shape[2], thresholds)),
+    }
+    if detail:
+        values.update(
+            {
+                "attention.layers.entropy.min": _rows_first(entropy.amin(dim=-1)),
+                "attention.layers.entropy.max": _rows_first(entropy.amax(dim=-1)),
+                "attention.layers.normalized_entropy.mean": _rows_first(stats["normalized_entropy"].mean(-1)),
+                "attention.layers.concentration.min": _rows_first(concentration.amin(dim=-1)),
+                "attention.layers.concentration.max": _rows_first(concentration.amax(dim=-1)),
+                "attention.layers.focused_heads": _rows_first(focused),
+            }
+        )
+    return values
+
+
+@hookimpl
+def corevital_generation_start(info: GenerationInfo) -> None:
+    info.state[COREVITAL_PLUGIN_NAME] = thresholds_for(info)
+
+
+@hookimpl
+def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+    if step.attention is None or step.attention_keys is None:
+        return None
+    thresholds: Thresholds = info.state[COREVITAL_PLUGIN_NAME]
+    return attention_step_values(step.attention, step.attention_keys, thresholds, wants_detail(info))
+
+
+@hookimpl
+def corevital_summarize(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
+    publish(series, results, _ROW_AGGREGATES)
+    if wants_detail(info):
+        publish(series, results, _LAYER_AGGREGATES)

@@ -1,0 +1,59 @@
+"""Hidden-state metrics per layer at each generated token's position.
+
+The capture hands over each decoder layer's output at the new position, i.e. the *pre-final-norm*
+residual stream (transformers' ``output_hidden_states[-1]`` is post-norm). Per layer and row: L2 norm,
+mean, standard deviation (population, over the hidden dimension) and max |x|; NaN/Inf presence per layer is
+the health plugin's. L2 norms are kept in every capture mode (the mid-layer flag and layer blame read
+them); mean, std and max |x| only when the capture mode may export per-layer detail.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from corevital_otel import GenerationInfo, GenerationResults, StepCapture, StepSeries, hookimpl
+from corevital_otel.plugins._summary import publish, wants_detail
+
+COREVITAL_PLUGIN_NAME = "hidden_states"
+
+_LAYER_AGGREGATES = (
+    ("hidden_states.layers.l2_norm", "corevital.layers.hidden_states.l2_norm.mean", "mean"),
+    ("hidden_states.layers.l2_norm", "corevital.layers.hidden_states.l2_norm.max", "max"),
+    ("hidden_states.layers.mean", "corevital.layers.hidden_states.mean", "mean"),
+    ("hidden_states.layers.std", "corevital.layers.hidden_states.std", "mean"),
+    ("hidden_states.layers.max_abs", "corevital.layers.hidden_states.max_abs", "max"),
+)
+_ROW_AGGREGATES = (
+    ("hidden_states.l2_norm.last", "corevital.hidden_states.l2_norm.last.mean", "mean"),
+    ("hidden_states.l2_norm.max", "corevital.hidden_states.l2_norm.max", "max"),
+)
+
+
+def hidden_step_values(hidden: torch.Tensor, detail: bool) -> dict[str, torch.Tensor]:
+    """Step outputs for ``(layers, rows, dim)`` states: ``(rows,)`` series and ``(rows, layers)`` ones."""
+    hidden = hidden.float()
+    l2 = torch.linalg.vector_norm(hidden, dim=-1)
+    values = {
+        "hidden_states.l2_norm.last": l2[-1],
+        "hidden_states.l2_norm.max": l2.amax(dim=0),
+        "hidden_states.layers.l2_norm": l2.T,
+    }
+    if detail:
+        values["hidden_states.layers.mean"] = hidden.mean(dim=-1).T
+        values["hidden_states.layers.std"] = hidden.std(dim=-1, correction=0).T
+        values["hidden_states.layers.max_abs"] = hidden.abs().amax(dim=-1).T
+    return values
+
+
+@hookimpl
+def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+    if step.hidden is None:
+        return None
+    return hidden_step_values(step.hidden, wants_detail(info))
+
+
+@hookimpl
+def corevital_summarize(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
+    publish(series, results, _ROW_AGGREGATES)
+    if wants_detail(info):
+        publish(series, results, _LAYER_AGGREGATES)

@@ -1,0 +1,290 @@
+"""Prompt analysis from the prefill pass (or the seq2seq encoder pass): no second forward pass.
+
+- Per-position surprisal (causal LMs): bits of each prompt token given the tokens before it.
+- Layer transformation: 1 - cosine between consecutive layers' outputs, per position.
+- Basin score per layer and head: attention to the middle third of the keys a query may see, against the
+  boundary thirds, divided by what uniform attention would give; uniform attention scores exactly 1.0
+  under any causal or padding mask, a head that ignores the middle scores near 0.
+- Sparse attention (full capture only): weights above a threshold, the largest few per head.
+
+Prompt arrays have one entry per *prompt* (batch entry), not per generated row: the copies generate()
+makes for beams or ``num_return_sequences`` are identical. Attention is computed in chunks of queries, so
+memory stays linear in the prompt length; the core skips prompts longer than ``prompt_max_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from corevital_otel import GenerationInfo, PromptCapture, hookimpl
+from corevital_otel.plugins._entropy import LN2
+from corevital_otel.plugins._profiles import Thresholds, thresholds_for
+from corevital_otel.plugins._summary import finite_reduce, wants_detail
+
+COREVITAL_PLUGIN_NAME = "prompt"
+CHUNK_ELEMENTS = 1 << 22  # float32 elements per chunk of logits or attention weights (16 MiB)
+
+
+@dataclass(frozen=True)
+class PromptRows:
+    """Which captured rows hold distinct prompts, with their tokens and padding masks."""
+
+    select: slice  # captured rows -> prompts (generate() repeats each prompt consecutively)
+    captured: int  # rows in the capture
+    ids: torch.Tensor | None  # (prompts, length)
+    real: torch.Tensor  # (prompts, length) bool, True for real (non-padding) tokens
+
+    @property
+    def count(self) -> int:
+        return int(self.real.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.real.shape[1])
+
+
+def prompt_rows(prompt: PromptCapture) -> PromptRows | None:
+    """Map the capture's rows to prompts; None when the capture does not line up with the inputs."""
+    if not prompt.hidden_states:
+        return None
+    captured, length = prompt.hidden_states[0].shape[:2]
+    ids = prompt.input_ids
+    if ids is not None and (ids.shape[1] != length or captured % ids.shape[0]):
+        return None
+    prompts = ids.shape[0] if ids is not None else captured
+    device = prompt.hidden_states[0].device
+    mask = prompt.attention_mask
+    real = (
+        mask.to(device).bool()
+        if mask is not None and tuple(mask.shape) == (prompts, length)
+        else torch.ones((prompts, length), dtype=torch.bool, device=device)
+    )
+    select = slice(None, None, captured // prompts)
+    return PromptRows(select, captured, None if ids is None else ids.to(device), real)
+
+
+def prompt_surprisal(prompt: PromptCapture, rows: PromptRows) -> torch.Tensor | None:
+    """``(prompts, length)`` bits of token i given the tokens before it; NaN where undefined (first real
+    token, padding). None for encoders or when the output embeddings are unavailable."""
+    if prompt.is_encoder or rows.ids is None or prompt.output_embeddings is None or rows.length < 2:
+        return None
+    weight = getattr(prompt.output_embeddings, "weight", None)
+    vocab = int(weight.shape[0]) if weight is not None else 1 << 16
+    chunk = max(1, CHUNK_ELEMENTS // (rows.captured * vocab))
+    surprisal = torch.full((rows.count, rows.length), float("nan"), device=rows.real.device)
+    for start in range(0, rows.length - 1, chunk):
+        stop = min(start + chunk, rows.length - 1)
+        logits = prompt.position_logits(slice(start, stop))
+        if logits is None:
+            return None
+        log_probs = torch.log_softmax(logits[rows.select].float(), dim=-1)
+        following = rows.ids[:, start + 1 : stop + 1].unsqueeze(-1)
+        surprisal[:, start + 1 : stop + 1] = -log_probs.gather(-1, following).squeeze(-1) / LN2
+    defined = torch.zeros_like(rows.real)
+    defined[:, 1:] = rows.real[:, 1:] & rows.real[:, :-1]
+    return torch.where(defined, surprisal, torch.full_like(surprisal, float("nan")))
+
+
+def layer_transformation(prompt: PromptCapture, rows: PromptRows) -> torch.Tensor:
+    """``(prompts, layers, length)``: 1 - cos(output of layer l-1, output of layer l) per position; layer 0
+    (whose input is not captured) and padding positions are NaN."""
+    states = prompt.hidden_states or []
+    result = torch.full((rows.count, len(states), rows.length), float("nan"), device=rows.real.device)
+    previous = states[0][rows.select].float()
+    for layer in range(1, len(states)):
+        current = states[layer][rows.select].float()  # one float copy per layer pair, not per stack
+        result[:, layer] = 1.0 - functional.cosine_similarity(previous, current, dim=-1)
+        previous = current
+    return torch.where(rows.real.unsqueeze(1), result, torch.full_like(result, float("nan")))
+
+
+def _visible_keys(rows: PromptRows, queries: range, causal: bool) -> torch.Tensor:
+    """``(prompts, queries, keys)`` True where the query may attend to the key."""
+    visible = rows.real.unsqueeze(1).expand(-1, len(queries), -1)
+    if causal:
+        device = rows.real.device
+        query_index = torch.arange(queries.start, queries.stop, device=device).unsqueeze(-1)
+        visible = visible & (torch.arange(rows.length, device=device) <= query_index)
+    return visible
+
+
+def _middle_thirds(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys in the middle third of each query's visible keys, and how many keys each query sees."""
+    rank = visible.long().cumsum(dim=-1) - 1
+    count = visible.sum(dim=-1, keepdim=True)
+    middle = visible & (rank >= count // 3) & (rank < 2 * count // 3)
+    return middle, count.squeeze(-1)
+
+
+@dataclass
+class _SparseTop:
+    """The largest weights above a threshold per prompt and head, merged across query chunks."""
+
+    cap: int
+    threshold: float
+    weight: torch.Tensor | None = None  # (prompts, heads, <=cap)
+    query: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+    above: torch.Tensor | None = None  # (prompts, heads) weights above the threshold seen so far
+
+    def add(self, weights: torch.Tensor, first_query: int) -> None:
+        prompts, heads, queries, keys = weights.shape
+        above = (weights > self.threshold).sum(dim=(-1, -2))
+        candidates = torch.where(weights > self.threshold, weights, torch.full_like(weights, -1.0))
+        value, flat = candidates.reshape(prompts, heads, -1).topk(min(self.cap, queries * keys), dim=-1)
+        query, key = flat // keys + first_query, flat % keys
+        if self.weight is not None:
+            value = torch.cat([self.weight, value], dim=-1)
+            query = torch.cat([self.query, query], dim=-1)
+            key = torch.cat([self.key, key], dim=-1)
+            above = above + self.above
+            value, keep = value.topk(min(self.cap, value.shape[-1]), dim=-1)
+            query, key = query.gather(-1, keep), key.gather(-1, keep)
+        self.weight, self.query, self.key, self.above = value, query, key, above
+
+
+def _attention_chunks(prompt: PromptCapture, layer: int, rows: PromptRows):
+    """Yield ``(first query, weights (prompts, heads, queries, keys))`` for one layer, in bounded chunks."""
+    inputs = prompt.attention_inputs.get(layer)
+    if inputs is None:
+        return
+    heads = int(inputs.query.shape[1])
+    chunk = max(1, CHUNK_ELEMENTS // (rows.captured * heads * rows.length))
+    for start in range(0, rows.length, chunk):
+        weights = prompt.attention_weights(layer, slice(start, min(start + chunk, rows.length)))
+        if weights is None or weights.shape[-1] != rows.length:
+            return
+        yield start, weights[rows.select].float()
+
+
+def layer_attention(
+    prompt: PromptCapture, layer: int, rows: PromptRows, sparse: _SparseTop | None
+) -> torch.Tensor | None:
+    """``(prompts, heads)`` basin scores of one layer (NaN where no query sees 3+ keys); feeds ``sparse``.
+
+    Sums over the prompt's real queries that see at least 3 keys: observed attention mass on the middle
+    third of the visible keys (M) and on the rest (B), and the shares uniform attention would give (u,
+    1 - u). The score is (M / B) / (u / (1 - u)): exactly 1.0 for uniform attention.
+    """
+    causal = not prompt.is_encoder
+    sums: list[tuple[torch.Tensor, ...]] = []
+    for start, weights in _attention_chunks(prompt, layer, rows):
+        queries = range(start, start + weights.shape[2])
+        visible = _visible_keys(rows, queries, causal)
+        middle, count = _middle_thirds(visible)
+        counted = (rows.real[:, queries.start : queries.stop] & (count >= 3)).float()  # (prompts, queries)
+        middle_mass = (weights * middle.unsqueeze(1)).sum(dim=-1)  # (prompts, heads, queries)
+        boundary_mass = (weights * (visible & ~middle).unsqueeze(1)).sum(dim=-1)
+        uniform_middle = middle.sum(dim=-1) / count.clamp(min=1)  # (prompts, queries)
+        sums.append(
+            (
+                (middle_mass * counted.unsqueeze(1)).sum(dim=-1),
+                (boundary_mass * counted.unsqueeze(1)).sum(dim=-1),
+                (uniform_middle * counted).sum(dim=-1, keepdim=True),
+                ((1.0 - uniform_middle) * counted).sum(dim=-1, keepdim=True),
+            )
+        )
+        if sparse is not None:  # only weights a real query puts on a key it may see
+            sparse.add(weights * (visible & rows.real[:, start : queries.stop, None]).unsqueeze(1), start)
+    if not sums:
+        return None
+    middle_sum, boundary_sum, uniform_middle_sum, uniform_boundary_sum = (
+        torch.stack(parts).sum(dim=0) for parts in zip(*sums, strict=True)
+    )
+    return (middle_sum / boundary_sum) / (uniform_middle_sum / uniform_boundary_sum)
+
+
+def _sparse_arrays(tops: list[_SparseTop | None]) -> dict[str, np.ndarray]:
+    """Structure of arrays over (prompt, layer, head) of the kept weights, sorted by those and the query."""
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("prompt", "layer", "head", "query", "key")}
+    weights: list[np.ndarray] = []
+    dropped = 0
+    for layer, top in enumerate(tops):
+        if top is None or top.weight is None:
+            continue
+        kept = top.weight > top.threshold
+        index = kept.nonzero(as_tuple=True)  # (prompt, head, slot) of every kept weight
+        columns["prompt"].append(index[0].cpu().numpy())
+        columns["layer"].append(np.full(index[0].numel(), layer))
+        columns["head"].append(index[1].cpu().numpy())
+        columns["query"].append(top.query[index].cpu().numpy())
+        columns["key"].append(top.key[index].cpu().numpy())
+        weights.append(top.weight[index].cpu().numpy())
+        dropped += int(top.above.sum()) - int(kept.sum())
+    joined = {
+        name: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        for name, parts in columns.items()
+    }
+    order = np.lexsort(tuple(joined[name] for name in ("key", "query", "head", "layer", "prompt")))
+    prefix = "corevital.prompt.positions.attention"
+    arrays = {f"{prefix}.{name}": values[order] for name, values in joined.items()}
+    arrays[f"{prefix}.weight"] = np.concatenate(weights)[order] if weights else np.zeros(0)
+    arrays[f"{prefix}.dropped"] = dropped
+    return arrays
+
+
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().astype(np.float64)
+
+
+def _per_prompt(values: np.ndarray, reduce: str) -> np.ndarray:
+    """Reduce each prompt's ``(prompts, ...)`` entries to one value, skipping non-finite ones."""
+    return finite_reduce(values.reshape(values.shape[0], -1).T, reduce)
+
+
+def analyse(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> dict[str, Any]:
+    """Every prompt attribute; per-position arrays and sparse attention only with ``detail``."""
+    rows = prompt_rows(prompt)
+    if rows is None:
+        return {}
+    layers = len(prompt.hidden_states)
+    values: dict[str, Any] = {}
+    surprisal = prompt_surprisal(prompt, rows)
+    if surprisal is not None:
+        bits = _host(surprisal)
+        values["corevital.prompt.surprisal.mean"] = _per_prompt(bits, "mean")
+        values["corevital.prompt.surprisal.max"] = _per_prompt(bits, "max")
+        if detail:
+            values["corevital.prompt.positions.surprisal"] = bits
+    transformation = _host(layer_transformation(prompt, rows))
+    values["corevital.prompt.layer_transformation.mean"] = _per_prompt(transformation, "mean")
+    if detail:
+        values["corevital.prompt.positions.layer_transformation"] = transformation
+        values["corevital.layers.prompt.layer_transformation"] = finite_reduce(
+            transformation.transpose(2, 0, 1), "mean"
+        )
+    tops: list[_SparseTop | None] = []
+    basins: list[np.ndarray] = []
+    for layer in range(layers):
+        top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold)
+        basin = layer_attention(prompt, layer, rows, top if detail else None)
+        if basin is None:
+            break  # attention of some layer was not captured: basin scores would be incomplete
+        basins.append(_host(basin))
+        tops.append(top)
+    heads = basins[0].shape[1] if basins else 0
+    values["corevital.prompt.shape"] = [rows.count, layers, heads, rows.length]
+    if len(basins) == layers and basins:
+        basin_scores = np.stack(basins, axis=1)  # (prompts, layers, heads)
+        values["corevital.prompt.basin_score.mean"] = _per_prompt(basin_scores, "mean")
+        values["corevital.prompt.basin_score.min"] = _per_prompt(basin_scores, "min")
+        if detail:
+            values["corevital.layers.prompt.basin_score"] = basin_scores
+            values.update(_sparse_arrays(tops))
+    return values
+
+
+@hookimpl
+def corevital_generation_start(info: GenerationInfo) -> None:
+    info.state[COREVITAL_PLUGIN_NAME] = thresholds_for(info)
+
+
+@hookimpl
+def corevital_prompt(info: GenerationInfo, prompt: PromptCapture) -> dict[str, Any] | None:
+    with torch.no_grad():
+        return analyse(prompt, info.state[COREVITAL_PLUGIN_NAME], wants_detail(info)) or None

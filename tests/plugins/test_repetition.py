@@ -1,0 +1,133 @@
+"""Repetition loops: the online detector against a direct reference, recurring states, and constructed
+repetitive versus varied generations through the real pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from plugin_testing import ForceTokens, series_of
+from tiny_models import build_model
+
+from corevital_otel.plugins._loops import LoopTracker
+from corevital_otel.plugins._profiles import load_profile
+
+THRESHOLDS = load_profile("default")
+
+
+def reference_token_loop(tokens: list[int], step: int) -> bool:
+    """True when the tokens up to ``step`` end in a literal loop: some period p whose last
+    max(p * repeats, min_tokens) tokens (all known) repeat with period p."""
+    for period in range(1, THRESHOLDS.repetition_max_period + 1):
+        span = max(period * THRESHOLDS.token_loop_min_repeats, THRESHOLDS.token_loop_min_tokens)
+        if step + 1 < span:
+            continue
+        window = tokens[step + 1 - span : step + 1]
+        if min(window) >= 0 and all(window[i] == window[i - period] for i in range(period, span)):
+            return True
+    return False
+
+
+def run_tokens(tracker: LoopTracker, tokens: np.ndarray) -> np.ndarray:
+    """Feed ``(steps, rows)`` tokens (-1 = unknown) to the tracker; ``(steps, rows)`` token-loop flags."""
+    flags = []
+    for step in range(tokens.shape[0]):
+        chosen = torch.tensor(tokens[step])
+        similarity, evidence = tracker.step(None, chosen, tokens.shape[1], torch.device("cpu"))
+        assert similarity is None and set(evidence.tolist()) <= {0.0, 1.0}  # no states: token evidence only
+        flags.append(evidence)
+    return torch.stack(flags).numpy()
+
+
+@st.composite
+def token_streams(draw):
+    """Rows mixing random stretches, planted loops of several periods and unknown tokens."""
+    rows = draw(st.integers(1, 3))
+    steps = draw(st.integers(1, 40))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    alphabet = draw(st.integers(2, 6))
+    tokens = rng.integers(0, alphabet, (steps, rows))
+    for row in range(rows):
+        if rng.random() < 0.6:
+            period = int(rng.integers(1, 10))
+            start = int(rng.integers(0, steps))
+            pattern = rng.integers(0, alphabet, period)
+            for step in range(start, min(steps, start + int(rng.integers(1, 30)))):
+                tokens[step, row] = pattern[(step - start) % period]
+        if rng.random() < 0.2:
+            tokens[int(rng.integers(0, steps)), row] = -1
+    return tokens
+
+
+@settings(max_examples=60, deadline=None)
+@given(token_streams())
+def test_token_loop_matches_a_direct_reference(tokens):
+    flags = run_tokens(LoopTracker(THRESHOLDS), tokens)
+    for row in range(tokens.shape[1]):
+        column = tokens[:, row].tolist()
+        expected = [reference_token_loop(column, step) for step in range(len(column))]
+        assert flags[:, row].astype(bool).tolist() == expected
+
+
+def test_recurring_states_are_a_loop_and_varied_states_are_not():
+    torch.manual_seed(0)
+    cycle = torch.randn(3, 1, 16)  # a period-3 cycle of states, slightly noisy
+    tracker = LoopTracker(THRESHOLDS)
+    state_flags, similarity = [], []
+    for step in range(12):
+        state = cycle[step % 3] + 1e-4 * torch.randn(1, 16)
+        best, evidence = tracker.step(state, None, 1, torch.device("cpu"))  # tokens unknown: states only
+        state_flags.append(evidence.item())
+        similarity.append(best.item())
+    # Similar at lag 3 from step 3 on; three consecutive such steps make a loop at step 5.
+    assert state_flags == [0.0] * 5 + [2.0] * 7  # bit 2: recurring states
+    assert np.isnan(similarity[0]) and min(similarity[3:]) > 0.9995
+    tracker = LoopTracker(THRESHOLDS)
+    varied = [tracker.step(torch.randn(1, 16), None, 1, torch.device("cpu"))[1] for _ in range(12)]
+    assert not any(evidence.item() for evidence in varied)
+
+
+def test_both_kinds_of_evidence_add_up_as_bit_flags():
+    tracker = LoopTracker(THRESHOLDS)
+    state, token = torch.randn(1, 16), torch.tensor([5])
+    evidence = [tracker.step(state, token, 1, torch.device("cpu"))[1].item() for _ in range(10)]
+    # States repeat at lag 1 from step 1 (3 in a row by step 3); tokens span 8 from step 7.
+    assert evidence == [0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_buffer_stays_bounded_and_never_leaves_the_plugin():
+    tracker = LoopTracker(THRESHOLDS)
+    for _ in range(50):
+        outputs = tracker.step(torch.randn(2, 16), torch.tensor([1, 2]), 2, torch.device("cpu"))
+    assert tracker.states.shape == (THRESHOLDS.repetition_max_period, 2, 16)
+    assert all(value.shape == (2,) for value in outputs)  # only per-row scalars are returned
+
+
+def _generate(telemetry, plan: list[int], family: str = "llama"):
+    model = build_model(family)
+    ids = torch.randint(3, 90, (1, 5), generator=torch.Generator().manual_seed(4))
+    model.generate(
+        input_ids=ids,
+        max_new_tokens=len(plan),
+        do_sample=False,
+        logits_processor=[ForceTokens(plan, ids.shape[1])],
+    )
+    return dict(telemetry.generation_spans()[-1].attributes)
+
+
+def test_a_constructed_repetitive_generation_is_flagged(instrumented):
+    telemetry = instrumented(capture_mode="full")
+    attributes = _generate(telemetry, [40, 41, 42, 43] + [7, 8, 9] * 5)
+    assert attributes["corevital.health.repetition_loop_detected"] is True
+    # The period-3 loop starts at step 4 and spans 9 tokens by step 12.
+    assert attributes["corevital.health.first_step.repetition_loop_detected"] == 12
+    evidence = series_of(attributes, "health.repetition", 1)[0]
+    assert evidence[:12].max() == 0.0 and all(int(value) & 1 for value in evidence[12:])  # bit 1: tokens
+
+
+def test_a_varied_generation_is_not_flagged(instrumented):
+    telemetry = instrumented(capture_mode="full")
+    attributes = _generate(telemetry, list(range(10, 29)))
+    assert attributes["corevital.health.repetition_loop_detected"] is False
+    assert np.nanmax(series_of(attributes, "health.state_similarity", 1)) < THRESHOLDS.repetition_similarity
