@@ -16,13 +16,19 @@ ALLOWED: Mapping[str, Collection[str]] = {
 }
 
 
-def settings(options: Mapping[str, Any], plugin: str) -> Mapping[str, Any]:
-    """``options[plugin]`` checked against the names that plugin reads (empty when not given)."""
+def settings(
+    options: Mapping[str, Any], plugin: str, allowed: Collection[str] | None = None
+) -> Mapping[str, Any]:
+    """``options[plugin]`` checked against the names that plugin reads (``allowed``, else its entry in
+    ``ALLOWED``); empty when not given."""
+    allowed = ALLOWED[plugin] if allowed is None else allowed
     value = options.get(plugin) or {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"plugin_options[{plugin!r}] must be a mapping, got {type(value).__name__}")
-    unknown = sorted(set(value) - set(ALLOWED[plugin]))
+        raise TypeError(f"plugin_options[{plugin!r}] must be a mapping, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(allowed))
     if unknown:
-        known = ", ".join(ALLOWED[plugin])
-        raise ValueError(f"unknown plugin_options[{plugin!r}] key(s) {', '.join(unknown)}; known: {known}")
+        known = ", ".join(allowed)
+        raise ValueError(
+            f"plugin_options[{plugin!r}]: unknown option(s) {', '.join(unknown)}; known: {known}"
+        )
     return value

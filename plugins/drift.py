@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepSeries, hookimpl
-from corevital_otel.plugins import _inputs, _settings, baseline
+from corevital_otel.plugins import _inputs, _options, baseline
 
 COREVITAL_PLUGIN_NAME = "drift"
 EVENT = "corevital.drift"
@@ -46,7 +46,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        raw = _settings.checked(options, COREVITAL_PLUGIN_NAME, _OPTIONS)
+        raw = _options.settings(options, COREVITAL_PLUGIN_NAME, _OPTIONS)
         fraction = float(raw.get("fraction", 0.5))
         min_samples = int(raw.get("min_samples", baseline.WARMUP))
         signals = tuple(raw.get("signals", SIGNALS))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, hookimpl
-from corevital_otel.plugins import _settings
+from corevital_otel.plugins import _options
 
 COREVITAL_PLUGIN_NAME = "kv_cache"
 
@@ -202,7 +202,7 @@ def corevital_declare_metrics() -> list[MetricSpec]:
 
 @hookimpl
 def corevital_generation_start(info: GenerationInfo) -> None:
-    settings = _settings.checked(info.options, COREVITAL_PLUGIN_NAME, ("peak_memory",))
+    settings = _options.settings(info.options, COREVITAL_PLUGIN_NAME, ("peak_memory",))
     device = _cuda_device(info.model) if settings.get("peak_memory", True) else None
     if device is not None:
         torch.cuda.reset_peak_memory_stats(device)  # allocator counters: no device sync

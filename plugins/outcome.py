@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepSeries, hookimpl
-from corevital_otel.plugins import _inputs, _settings
+from corevital_otel.plugins import _inputs, _options
 
 COREVITAL_PLUGIN_NAME = "outcome"
 
@@ -102,7 +102,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        raw = _settings.checked(options, COREVITAL_PLUGIN_NAME, _OPTIONS)
+        raw = _options.settings(options, COREVITAL_PLUGIN_NAME, _OPTIONS)
         refusal = raw.get("refusal", True)
         if refusal is True:
             phrases = DEFAULT_REFUSAL_PHRASES

@@ -181,13 +181,18 @@ def test_escalation_only_in_on_risk_mode_and_only_when_risky(capture_mode, escal
 
 
 @pytest.mark.parametrize(
-    "options", [{"risk": {"escalate_treshold": 0.5}}, {"risk": ["running"]}, {"fingerprint": {"sault": "x"}}]
+    ("options", "error"),
+    [
+        ({"risk": {"escalate_treshold": 0.5}}, ValueError),
+        ({"risk": ["running"]}, TypeError),
+        ({"fingerprint": {"sault": "x"}}, ValueError),
+    ],
 )
-def test_misspelt_options_raise_instead_of_keeping_defaults(options):
+def test_misspelt_options_raise_instead_of_keeping_defaults(options, error):
     from corevital_otel.plugins import _options
 
     (plugin,) = options
-    with pytest.raises(ValueError, match="plugin_options"):
+    with pytest.raises(error, match="plugin_options"):
         _options.settings(options, plugin)
 
 
