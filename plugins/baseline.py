@@ -192,23 +192,30 @@ class RollingBaselines:
 ROLLING = RollingBaselines()
 
 
+def rolling_values(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> dict[str, list]:
+    """Per signal, the per-row values the rolling baseline averages (None where unknown): the row's risk
+    score and the mean entropy of its real steps. The drift plugin compares the same values."""
+    rows = _inputs.rows_of(info, series)
+    risks = results.get("corevital.risk.score") or [None] * rows
+    entropies: list = []
+    for row in range(rows):
+        entropy = _inputs.row_series(series, _inputs.ENTROPY, row)
+        finite = entropy[np.isfinite(entropy)] if entropy is not None else np.empty(0)
+        entropies.append(float(finite.mean()) if finite.size else None)
+    return {"risk": [risks[row] if row < len(risks) else None for row in range(rows)], "entropy": entropies}
+
+
 def _apply_rolling(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
     settings = _settings(info)
     if settings.get("rolling") is False or info.error_type is not None:
         return  # a generation that raised says nothing about the model's usual behaviour
     alpha = float(settings.get("alpha", DEFAULT_ALPHA))
-    rows = _inputs.rows_of(info, series)
-    risks = results.get("corevital.risk.score") or [None] * rows
+    values = rolling_values(info, series, results)
     spikes: list[str] = []
-    for row in range(rows):
-        entropy = _inputs.row_series(series, _inputs.ENTROPY, row)
-        finite = entropy[np.isfinite(entropy)] if entropy is not None else np.empty(0)
-        values = {
-            "risk": risks[row] if row < len(risks) else None,
-            "entropy": finite.mean() if finite.size else None,
-        }
+    for row in range(_inputs.rows_of(info, series)):
         fired = []
-        for signal, value in values.items():
+        for signal, row_values in values.items():
+            value = row_values[row]
             if value is None or not math.isfinite(value):
                 continue
             change, spike = ROLLING.observe(info.model_name, signal, float(value), alpha)

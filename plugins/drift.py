@@ -25,15 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepSeries, hookimpl
-from corevital_otel.plugins import _inputs, _options, baseline
+from corevital_otel.plugins import _options, baseline
 
 COREVITAL_PLUGIN_NAME = "drift"
 EVENT = "corevital.drift"
 SIGNALS = tuple(baseline.EMA_METRICS)  # the signals the rolling baseline averages: risk, entropy
-RISK_SCORE = "corevital.risk.score"  # per-row attribute of the risk plugin
 _OPTIONS = {"fraction", "min_samples", "min_delta", "signals"}
 
 
@@ -65,22 +62,6 @@ class Drift:
     value: float  # the largest drifting row value
     baseline: float  # the EMA before this generation
     samples: int  # rows the EMA had seen
-
-
-def _row_values(info: GenerationInfo, series: StepSeries, results: GenerationResults, signal: str) -> list:
-    """Per-row values of ``signal`` as the rolling baseline averages them (None where unknown)."""
-    rows = _inputs.rows_of(info, series)
-    if signal == "risk":
-        risks = results.get(RISK_SCORE)
-        if risks is None:
-            return [None] * rows
-        return np.asarray(risks, dtype=np.float64).reshape(-1)[:rows].tolist()  # None -> NaN: skipped
-    values = []
-    for row in range(rows):  # mean entropy of the row's real steps
-        entropy = _inputs.row_series(series, _inputs.ENTROPY, row)
-        finite = entropy[np.isfinite(entropy)] if entropy is not None else np.empty(0)
-        values.append(float(finite.mean()) if finite.size else None)
-    return values
 
 
 def detect(values: list, ema: baseline.Ema | None, settings: Settings, signal: str) -> Drift | None:
@@ -134,8 +115,9 @@ def corevital_explain(info: GenerationInfo, series: StepSeries, results: Generat
     ):
         return  # nothing to compare with yet (or nothing generated)
     found = []
+    values = baseline.rolling_values(info, series, results)
     for signal in settings.signals:
-        drift = detect(_row_values(info, series, results, signal), before[signal], settings, signal)
+        drift = detect(values[signal], before[signal], settings, signal)
         if drift is None:
             continue
         found.append(drift.signal)
