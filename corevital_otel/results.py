@@ -34,6 +34,9 @@ class GenerationInfo:
     model: Any = None
     state: dict[str, Any] = field(default_factory=dict)
     caller: Mapping[str, Any] = field(default_factory=dict)  # attributes from corevital_otel.context()
+    # Step series something reads while generating (intervention policies); None = all of them (an
+    # on_step callback sees every series). Lets a plugin skip live-only work nothing consumes.
+    live_series: frozenset[str] | None = frozenset()
     # The tokenizer content capture would use (generate(tokenizer=...), a streamer's, a pipeline's or a
     # registered one), or None. Plugins may decode ids to classify them; they never export the text.
     tokenizer: Any = None
@@ -48,6 +51,10 @@ class GenerationInfo:
     # For linking to the trace only: never put them on a metric (high cardinality).
     trace_id: str | None = None
     span_id: str | None = None
+
+    def consumed_live(self, series: str) -> bool:
+        """Whether step series ``series`` is read during generation, not only after it."""
+        return self.live_series is None or series in self.live_series
 
 
 @dataclass

@@ -142,6 +142,8 @@ def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.T
     state = info.state.get(COREVITAL_PLUGIN_NAME)
     if state is None or step.logits is None or _settings(info).get("running") is False:
         return None
+    if info.capture_mode == "summary" and not info.consumed_live(RUNNING_SERIES):
+        return None  # summary mode exports no step series: only a live reader would need it
     logits = step.logits
     instant = step_risk(logits, step.chosen, state["scales"])
     # -inf is a legitimate logit mask; NaN and +inf are breakage.
