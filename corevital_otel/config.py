@@ -41,6 +41,8 @@ class Options:
     capture_content: str = "NO_CONTENT"
     intervene: frozenset[str] = frozenset()
     intervention_risk_threshold: float = 0.9
+    # False, True (a Langfuse client from the LANGFUSE_* variables) or a Langfuse client object.
+    langfuse_scores: Any = False
 
 
 def _parse_bool(variable: str, raw: str) -> bool:
@@ -119,6 +121,7 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "capture_content": ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", _parse_content_mode),
     "intervene": ("COREVITAL_INTERVENE", _parse_policies),
     "intervention_risk_threshold": ("COREVITAL_INTERVENTION_RISK_THRESHOLD", _parse_fraction),
+    "langfuse_scores": ("COREVITAL_LANGFUSE_SCORES", _parse_bool),
 }
 
 _OPTION_NAMES = {f.name for f in fields(Options)}
@@ -130,6 +133,17 @@ _BOOL_OPTIONS = {
     "load_entry_point_plugins",
 }
 _COUNT_OPTIONS = {"max_step_events", "prompt_max_tokens"}
+
+
+def _string_items(name: str, value: Any, what: str) -> tuple[str, ...]:
+    """A keyword given as a collection of strings (a plain string goes through the variable's parser)."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"{name}={value!r}: expected a collection of {what}")
+    return items
 
 
 def _validate_keyword(name: str, value: Any) -> Any:
@@ -146,21 +160,26 @@ def _validate_keyword(name: str, value: Any) -> Any:
     if name in _BOOL_OPTIONS and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r}: expected True or False")
     if name == "intervene":
-        return _parse_policies(name, ",".join(value))
+        return _parse_policies(name, ",".join(_string_items(name, value, "policy names")))
     if name == "intervention_risk_threshold":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}={value!r}: expected a number in (0, 1]")
         return _parse_fraction(name, str(value))
     if name == "disabled_plugins":
-        if not all(isinstance(item, str) for item in value):
-            raise ConfigError(f"disabled_plugins={value!r}: expected a collection of plugin names")
-        return frozenset(value)
+        return frozenset(_string_items(name, value, "plugin names"))
     if name == "plugins":
-        return tuple(value)
+        try:
+            return tuple(value)
+        except TypeError:
+            raise ConfigError(f"plugins={value!r}: expected a collection of plugin objects") from None
     if name == "plugin_options" and not isinstance(value, Mapping):
         raise ConfigError(f"plugin_options={value!r}: expected a mapping of plugin name to options")
     if name == "on_step" and value is not None and not callable(value):
         raise ConfigError(f"on_step={value!r}: expected a callable or None")
+    if name == "langfuse_scores" and not (
+        isinstance(value, bool) or callable(getattr(value, "create_score", None))
+    ):
+        raise ConfigError(f"langfuse_scores={value!r}: expected True, False or a Langfuse client")
     return value
 
 

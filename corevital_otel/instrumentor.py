@@ -41,7 +41,12 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         tracer_provider = kwargs.pop("tracer_provider", None)
         meter_provider = kwargs.pop("meter_provider", None)
         options = resolve_options(kwargs)
-        plugins = PluginHost.load(options.plugins, options.disabled_plugins, options.load_entry_point_plugins)
+        extra_plugins = options.plugins
+        if options.langfuse_scores is not False:
+            from .integrations.langfuse import LangfuseScores, client_from_option
+
+            extra_plugins = (*extra_plugins, LangfuseScores(client_from_option(options.langfuse_scores)))
+        plugins = PluginHost.load(extra_plugins, options.disabled_plugins, options.load_entry_point_plugins)
         failures: list[PluginFailure] = []
         # A failure here is logged once by the plugin host, then counted and reported on every span.
         declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}

@@ -8,9 +8,16 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 
 def any_value(value: AnyValue) -> Any:
@@ -40,13 +47,14 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                # Stored before answering: once the exporter sees the 200, a test may look for it.
+                with receiver._arrived:
+                    receiver.bodies.setdefault(self.path, []).append(body)
+                    receiver._arrived.notify_all()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                with receiver._arrived:
-                    receiver.bodies.setdefault(self.path, []).append(body)
-                    receiver._arrived.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
@@ -105,3 +113,25 @@ def running_receiver() -> Iterator[OtlpReceiver]:
         yield receiver
     finally:
         receiver.stop()
+
+
+def exporting_providers(
+    receiver: OtlpReceiver, service_name: str
+) -> Iterator[tuple[TracerProvider, MeterProvider]]:
+    """Generator for a fixture: SDK providers exporting through the real OTLP/HTTP exporters to
+    ``receiver`` (spans as each ends, metrics on ``force_flush``), shut down afterwards."""
+    resource = Resource.create({"service.name": service_name})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
+    )
+    # Exports on force_flush only: the interval is far longer than a test.
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=f"{receiver.endpoint}/v1/metrics"), export_interval_millis=3_600_000
+    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    try:
+        yield tracer_provider, meter_provider
+    finally:
+        meter_provider.shutdown()
+        tracer_provider.shutdown()

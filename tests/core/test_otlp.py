@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from tiny_models import build_model, prompt_batch
 
 import corevital_otel
@@ -18,7 +11,7 @@ from corevital_otel.plugins import logits as logits_plugin
 from corevital_otel.telemetry import TOKEN_BUCKETS
 
 from .helpers import eos_and_pad, scripted
-from .otlp_receiver import attributes
+from .otlp_receiver import attributes, exporting_providers
 
 MAX_NEW = 4
 EOS_STEP = 1
@@ -27,19 +20,7 @@ EOS_STEP = 1
 @pytest.fixture
 def otlp_providers(otlp_receiver):
     """SDK providers exporting through the real OTLP/HTTP exporters to the in-process receiver."""
-    resource = Resource.create({"service.name": "corevital-otlp-test"})
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(
-        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{otlp_receiver.endpoint}/v1/traces"))
-    )
-    # Exports on force_flush only: the interval is far longer than the test.
-    reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(endpoint=f"{otlp_receiver.endpoint}/v1/metrics"), export_interval_millis=3_600_000
-    )
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-    yield tracer_provider, meter_provider
-    meter_provider.shutdown()
-    tracer_provider.shutdown()
+    yield from exporting_providers(otlp_receiver, "corevital-otlp-test")
 
 
 def test_span_and_metrics_arrive_as_otlp_protobuf(otlp_receiver, otlp_providers):

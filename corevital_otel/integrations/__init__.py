@@ -1,0 +1,1 @@
+"""Optional integrations with observability backends beyond OpenTelemetry (each needs its own extra)."""
