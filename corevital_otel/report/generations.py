@@ -1,0 +1,250 @@
+"""Run generations the way a user would and read back what the instrumentation exported.
+
+The demo and ``scripts/validate_detectors.py`` both go through here: a real SDK ``TracerProvider`` with
+an in-memory exporter (plus OTLP exporters when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set), one
+``generate()`` per prompt, then the finished span's attributes and events. Nothing reads the plugins'
+internals: what is reported is exactly what a backend would receive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+GENERATION_SPAN_PREFIX = "text_completion"
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+class ModelLoadError(Exception):
+    """A model directory that does not exist or does not load; the message says which and why."""
+
+
+class ExportSetupError(Exception):
+    """OTLP export was asked for (by environment variables) but cannot be set up."""
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' weight-loading bar and advisory warnings; the caller shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def load_local_model(path: str | os.PathLike[str], display_name: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a local directory written by ``save_pretrained``; never the hub.
+
+    ``display_name`` replaces the directory in ``gen_ai.request.model``. Raises :class:`ModelLoadError`.
+    """
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ModelLoadError(f"{path}: no such directory (expected a local model saved with save_pretrained)")
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json in this directory, so it is not a transformers model")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(directory, local_files_only=True)
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            model = auto.from_pretrained(directory, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{path}: could not load a model and its tokenizer: {error}") from error
+    model.eval()
+    if display_name:
+        model.config.name_or_path = display_name
+    return model, tokenizer
+
+
+def _otlp_protocol(signal: str) -> str:
+    protocol = (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol not in OTLP_PROTOCOLS:
+        raise ExportSetupError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: the Python OTLP exporters support "
+            + " and ".join(OTLP_PROTOCOLS)
+        )
+    return protocol
+
+
+def _otlp_exporters(timeout_s: float) -> tuple[SpanExporter, Any]:
+    """OTLP span and metric exporters for the configured protocol; they read the endpoint themselves.
+
+    Each request (retries included) is bounded by ``timeout_s`` unless ``OTEL_EXPORTER_OTLP_TIMEOUT``
+    says otherwise, so an unreachable endpoint costs seconds, not the SDK default's retries.
+    """
+    try:
+        if _otlp_protocol("TRACES") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        if _otlp_protocol("METRICS") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    except ImportError as error:
+        raise ExportSetupError(
+            f"OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed ({error.name}); "
+            'install it with: pip install "corevital-otel[otlp]"'
+        ) from error
+    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else timeout_s
+    return OTLPSpanExporter(timeout=timeout), OTLPMetricExporter(timeout=timeout)
+
+
+class CountingSpanExporter(SpanExporter):
+    """Delegates to another exporter and counts the spans it accepted: a flush can "succeed" while every
+    export failed, and the demo must not claim that spans arrived when they did not."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+@dataclass
+class Telemetry:
+    """SDK providers for one run: every span kept in memory, and sent over OTLP when configured."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    spans: InMemorySpanExporter
+    otlp_endpoint: str | None = None
+    otlp_protocol: str | None = None
+    otlp_spans: CountingSpanExporter | None = None
+
+    @classmethod
+    def create(cls, service_name: str, otlp: bool | None = None, timeout_s: float = 3.0) -> Telemetry:
+        """``otlp=None``: export over OTLP exactly when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+
+        ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` win over ``service_name``.
+        Raises :class:`ExportSetupError`.
+        """
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
+        export = bool(endpoint) if otlp is None else otlp
+        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+        resource = Resource.create(attributes)
+        spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider(resource=resource)
+        # Simple (synchronous) processor: the span is readable the moment generate() returns.
+        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        readers: list[MetricReader] = []
+        if not export:
+            return cls(tracer_provider, MeterProvider(resource=resource, metric_readers=readers), spans)
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        span_exporter, metric_exporter = _otlp_exporters(timeout_s)
+        counting = CountingSpanExporter(span_exporter)
+        tracer_provider.add_span_processor(BatchSpanProcessor(counting))
+        readers.append(PeriodicExportingMetricReader(metric_exporter))
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        return cls(tracer_provider, meter_provider, spans, endpoint, _otlp_protocol("TRACES"), counting)
+
+    def shutdown(self, timeout_s: float = 3.0) -> bool:
+        """Flush and stop both providers, each bounded by about ``timeout_s``; False if the span flush did
+        not finish in time. The meter provider's shutdown does its final export itself."""
+        millis = int(timeout_s * 1000)
+        flushed = self.tracer_provider.force_flush(timeout_millis=millis)
+        self.tracer_provider.shutdown()  # aborts exporters' pending retries
+        self.meter_provider.shutdown(timeout_millis=millis)
+        return bool(flushed)
+
+
+@dataclass
+class Observation:
+    """One generate() call as the user sees it (decoded text) and as a backend sees it (the span)."""
+
+    prompt: str
+    text: str
+    tokens: list[int]  # generated ids up to and including EOS
+    span: ReadableSpan
+    seconds: float
+    attributes: Mapping[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.attributes = dict(self.span.attributes or {})
+
+    def row(self, name: str, row: int = 0) -> Any:
+        """Entry ``row`` of a per-row array attribute, or a scalar attribute as is; None when absent."""
+        value = self.attributes.get(name)
+        if isinstance(value, tuple):
+            return value[row] if row < len(value) else None
+        return value
+
+    def series(self, name: str) -> list[float | None] | None:
+        """The per-step series ``corevital.steps.<name>`` of row 0, or None when it was not exported."""
+        values = self.attributes.get(f"corevital.steps.{name}")
+        if values is None:
+            return None
+        steps = self.attributes.get("corevital.steps.count") or len(values)
+        return list(values[:steps])
+
+
+def _generated_ids(model: Any, tokenizer: Any, sequences: Any, prompt_length: int) -> list[int]:
+    # Decoder-only models return prompt + continuation; encoder-decoders the decoder start token + output.
+    start = 1 if getattr(model.config, "is_encoder_decoder", False) else prompt_length
+    ids = sequences[0, start:].tolist()
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+    return ids
+
+
+def observe(
+    model: Any, tokenizer: Any, spans: InMemorySpanExporter, prompt: str, **generate_kwargs: Any
+) -> Observation:
+    """Generate from ``prompt`` on an instrumented model and return the text and its exported span."""
+    import torch
+
+    encoded = tokenizer(prompt, return_tensors="pt")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generate_kwargs.setdefault("pad_token_id", pad)
+    spans.clear()
+    started = time.perf_counter()
+    with torch.no_grad():
+        sequences = model.generate(**encoded, **generate_kwargs)
+    seconds = time.perf_counter() - started
+    finished = [s for s in spans.get_finished_spans() if s.name.startswith(GENERATION_SPAN_PREFIX)]
+    if not finished:
+        raise RuntimeError("generate() produced no text_completion span: is the model instrumented?")
+    ids = _generated_ids(model, tokenizer, sequences, encoded["input_ids"].shape[1])
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return Observation(prompt, text, ids, finished[-1], seconds)
