@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from corevital_otel import GenerationInfo, PromptCapture, hookimpl
+from corevital_otel import GenerationInfo, GenerationResults, PromptCapture, hookimpl
 from corevital_otel.plugins._entropy import LN2
 from corevital_otel.plugins._profiles import Thresholds, thresholds_for
 from corevital_otel.plugins._summary import finite_reduce, wants_detail
@@ -237,54 +237,95 @@ def _per_prompt(values: np.ndarray, reduce: str) -> np.ndarray:
     return finite_reduce(values.reshape(values.shape[0], -1).T, reduce)
 
 
-def analyse(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> dict[str, Any]:
-    """Every prompt attribute; per-position arrays and sparse attention only with ``detail``."""
+@dataclass
+class PromptMeasures:
+    """The prompt's statistics, still on the model's device: measured during generation (the prompt
+    internals are only alive then) and moved to the host after it, so the prompt costs no host sync."""
+
+    count: int
+    length: int
+    layers: int
+    surprisal: torch.Tensor | None
+    transformation: torch.Tensor
+    basins: list[torch.Tensor]
+    tops: list[_SparseTop | None]
+
+
+def measure(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> PromptMeasures | None:
+    """Device-side prompt statistics; sparse attention is only gathered with ``detail``."""
     rows = prompt_rows(prompt)
     if rows is None:
-        return {}
+        return None
     layers = len(prompt.hidden_states)
+    tops: list[_SparseTop | None] = []
+    basins: list[torch.Tensor] = []
+    for layer in range(layers):
+        top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold)
+        basin = layer_attention(prompt, layer, rows, top if detail else None)
+        if basin is None:
+            break  # attention of some layer was not captured: basin scores would be incomplete
+        basins.append(basin)
+        tops.append(top)
+    return PromptMeasures(
+        rows.count,
+        rows.length,
+        layers,
+        prompt_surprisal(prompt, rows),
+        layer_transformation(prompt, rows),
+        basins,
+        tops,
+    )
+
+
+def attributes(measures: PromptMeasures, detail: bool) -> dict[str, Any]:
+    """Every prompt attribute from the measures (host side); per-position arrays only with ``detail``."""
     values: dict[str, Any] = {}
-    surprisal = prompt_surprisal(prompt, rows)
-    if surprisal is not None:
-        bits = _host(surprisal)
+    if measures.surprisal is not None:
+        bits = _host(measures.surprisal)
         values["corevital.prompt.surprisal.mean"] = _per_prompt(bits, "mean")
         values["corevital.prompt.surprisal.max"] = _per_prompt(bits, "max")
         if detail:
             values["corevital.prompt.positions.surprisal"] = bits
-    transformation = _host(layer_transformation(prompt, rows))
+    transformation = _host(measures.transformation)
     values["corevital.prompt.layer_transformation.mean"] = _per_prompt(transformation, "mean")
     if detail:
         values["corevital.prompt.positions.layer_transformation"] = transformation
         values["corevital.layers.prompt.layer_transformation"] = finite_reduce(
             transformation.transpose(2, 0, 1), "mean"
         )
-    tops: list[_SparseTop | None] = []
-    basins: list[np.ndarray] = []
-    for layer in range(layers):
-        top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold)
-        basin = layer_attention(prompt, layer, rows, top if detail else None)
-        if basin is None:
-            break  # attention of some layer was not captured: basin scores would be incomplete
-        basins.append(_host(basin))
-        tops.append(top)
+    basins = [_host(basin) for basin in measures.basins]
     heads = basins[0].shape[1] if basins else 0
-    values["corevital.prompt.shape"] = [rows.count, layers, heads, rows.length]
-    if len(basins) == layers and basins:
+    values["corevital.prompt.shape"] = [measures.count, measures.layers, heads, measures.length]
+    if len(basins) == measures.layers and basins:
         basin_scores = np.stack(basins, axis=1)  # (prompts, layers, heads)
         values["corevital.prompt.basin_score.mean"] = _per_prompt(basin_scores, "mean")
         values["corevital.prompt.basin_score.min"] = _per_prompt(basin_scores, "min")
         if detail:
             values["corevital.layers.prompt.basin_score"] = basin_scores
-            values.update(_sparse_arrays(tops))
+            values.update(_sparse_arrays(measures.tops))
     return values
+
+
+def analyse(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> dict[str, Any]:
+    """Every prompt attribute at once (measure, then move to the host)."""
+    measures = measure(prompt, thresholds, detail)
+    return {} if measures is None else attributes(measures, detail)
 
 
 @hookimpl
 def corevital_generation_start(info: GenerationInfo) -> None:
-    info.state[COREVITAL_PLUGIN_NAME] = thresholds_for(info)
+    info.state[COREVITAL_PLUGIN_NAME] = {"thresholds": thresholds_for(info), "measures": None}
 
 
 @hookimpl
-def corevital_prompt(info: GenerationInfo, prompt: PromptCapture) -> dict[str, Any] | None:
+def corevital_prompt(info: GenerationInfo, prompt: PromptCapture) -> None:
+    state = info.state[COREVITAL_PLUGIN_NAME]
     with torch.no_grad():
-        return analyse(prompt, info.state[COREVITAL_PLUGIN_NAME], wants_detail(info)) or None
+        state["measures"] = measure(prompt, state["thresholds"], wants_detail(info))
+
+
+@hookimpl
+def corevital_summarize(info: GenerationInfo, results: GenerationResults) -> None:
+    measures = info.state.get(COREVITAL_PLUGIN_NAME, {}).get("measures")
+    if measures is not None:
+        results.attributes.update(attributes(measures, wants_detail(info)))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import overhead  # tests/benchmarks is put on sys.path below
+import importlib.util
+import sys
+from pathlib import Path
+
+# The benchmark is a script, not a package module: load it from its file.
+_SPEC = importlib.util.spec_from_file_location("overhead", Path(__file__).with_name("overhead.py"))
+overhead = importlib.util.module_from_spec(_SPEC)
+sys.modules["overhead"] = overhead  # dataclasses look their module up there
+_SPEC.loader.exec_module(overhead)
 
 
 def test_benchmark_smoke_grid_writes_a_table(tmp_path):

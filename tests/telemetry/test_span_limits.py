@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Telemetry
+from in_memory_telemetry import Telemetry
 from opentelemetry.sdk.trace import SpanLimits
 from tiny_models import build_model, prompt_batch
 
