@@ -31,7 +31,20 @@ PENDING = {
     "corevital_health_flags_total": "the health plugin emits it, only when a flag fires",
     "corevital_interventions_total": "only when an intervention policy stops a generation",
 }
-NOT_PROVOKED = {"corevital_capture_errors_total": "only when a capture kind fails"}
+NOT_PROVOKED = {
+    "corevital_capture_errors_total": "only when a capture kind fails",
+    "corevital_warnings_total": "only when an early-warning detector fires",
+    "corevital_compound_signals_total": "only when a compound signal shows",
+    "corevital_baseline_divergence": "only with a calibrated baseline configured",
+    "corevital_baseline_anomalous_steps_total": "only with a calibrated baseline configured",
+    "corevital_baseline_spikes_total": "only when a generation jumps above the rolling baseline",
+    "corevital_drift_events_total": "only when the drift rule fires",
+    "corevital_device_memory_peak_bytes": "CUDA devices only",
+    "corevital_probe_runs_total": "emitted by `corevital-otel probe`, not by generate()",
+    "corevital_probe_duration_seconds": "emitted by `corevital-otel probe`, not by generate()",
+    "corevital_probe_risk": "emitted by `corevital-otel probe`, not by generate()",
+    "corevital_probe_entropy_bit": "emitted by `corevital-otel probe`, not by generate()",
+}
 # Every dashboard query that reads a PENDING metric: skipped (by name, with the reason) while it is absent.
 EXPECTED_PENDING_QUERIES = {
     "corevital-overview/High-risk share/A",
@@ -58,13 +71,18 @@ class FailingPlugin:
         raise RuntimeError("deliberate failure for the backend tests")
 
 
+# A declared cache budget, so the KV-cache metrics carry their budget/compression labels.
+CACHE_CONTEXT = {"corevital.context.cache_budget": "256", "corevital.context.cache_compression": "none"}
+
+
 def _generate_round(models: dict[str, torch.nn.Module]) -> None:
     ids, mask = prompt_batch(batch=2, length=6)
     for family, model in models.items():
         for new_tokens in (4, 7):
-            model.generate(
-                ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0
-            )
+            with corevital_otel.context(attributes=CACHE_CONTEXT if new_tokens == 7 else None):
+                model.generate(
+                    ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+                )
         if family == MODELS[0]:
             with pytest.raises(ValueError):  # an unknown generate() kwarg: error.type on the duration
                 model.generate(ids, attention_mask=mask, max_new_tokens=2, not_a_generate_argument=1)
