@@ -33,8 +33,7 @@ _AGGREGATES = (
 
 def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-row statistics of ``(rows, vocab)`` raw logits; ``chosen`` ``(rows,)`` token ids or None."""
-    logits = logits.float()
-    log_probs = torch.log_softmax(logits, dim=-1)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
     probs = log_probs.exp()
     entropy = entropy_nats(probs, log_probs) / LN2
     top = probs.topk(min(_TOP_K_MASS, probs.shape[-1]), dim=-1).values
@@ -51,6 +50,13 @@ def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[
         "logits.top10_mass": top.sum(dim=-1),
         "logits.max_probability": top[:, 0],
     }
+
+
+def step_statistics(step: StepCapture) -> dict[str, torch.Tensor]:
+    """:func:`logit_statistics` of a step, computed once per step however many plugins ask."""
+    if "logits.statistics" not in step.memo:
+        step.memo["logits.statistics"] = logit_statistics(step.logits, step.chosen)
+    return step.memo["logits.statistics"]
 
 
 @hookimpl
@@ -77,7 +83,7 @@ def corevital_declare_metrics() -> list[MetricSpec]:
 def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
     if step.logits is None:
         return None
-    return logit_statistics(step.logits, step.chosen)
+    return dict(step_statistics(step))
 
 
 @hookimpl

@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional
 
 from corevital_otel import GenerationInfo, GenerationResults, PromptCapture, hookimpl
+from corevital_otel.plugins import _options
 from corevital_otel.plugins._entropy import LN2
 from corevital_otel.plugins._profiles import Thresholds, thresholds_for
 from corevital_otel.plugins._summary import finite_reduce, wants_detail
@@ -251,8 +252,11 @@ class PromptMeasures:
     tops: list[_SparseTop | None]
 
 
-def measure(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> PromptMeasures | None:
-    """Device-side prompt statistics; sparse attention is only gathered with ``detail``."""
+def measure(
+    prompt: PromptCapture, thresholds: Thresholds, detail: bool, surprisal: bool = True
+) -> PromptMeasures | None:
+    """Device-side prompt statistics; sparse attention is only gathered with ``detail``, per-position
+    surprisal only with ``surprisal`` (it runs the output head over the whole prompt)."""
     rows = prompt_rows(prompt)
     if rows is None:
         return None
@@ -270,7 +274,7 @@ def measure(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> Prom
         rows.count,
         rows.length,
         layers,
-        prompt_surprisal(prompt, rows),
+        prompt_surprisal(prompt, rows) if surprisal else None,
         layer_transformation(prompt, rows),
         basins,
         tops,
@@ -314,14 +318,21 @@ def analyse(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> dict
 
 @hookimpl
 def corevital_generation_start(info: GenerationInfo) -> None:
-    info.state[COREVITAL_PLUGIN_NAME] = {"thresholds": thresholds_for(info), "measures": None}
+    # Prompt surprisal costs the output head over every prompt position (prompt × vocab × width: on
+    # GPT-2-small, 128 tokens cost as much as a few generated tokens), so it is opt-in.
+    surprisal = bool(_options.settings(info.options, COREVITAL_PLUGIN_NAME, ("surprisal",)).get("surprisal"))
+    info.state[COREVITAL_PLUGIN_NAME] = {
+        "thresholds": thresholds_for(info),
+        "measures": None,
+        "surprisal": surprisal,
+    }
 
 
 @hookimpl
 def corevital_prompt(info: GenerationInfo, prompt: PromptCapture) -> None:
     state = info.state[COREVITAL_PLUGIN_NAME]
     with torch.no_grad():
-        state["measures"] = measure(prompt, state["thresholds"], wants_detail(info))
+        state["measures"] = measure(prompt, state["thresholds"], wants_detail(info), state["surprisal"])
 
 
 @hookimpl

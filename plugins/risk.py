@@ -30,9 +30,9 @@ import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepCapture, StepSeries, hookimpl
 from corevital_otel.plugins import _inputs, _options, _trends
-from corevital_otel.plugins._entropy import LN2, entropy_nats
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
+from corevital_otel.plugins.logits import step_statistics
 
 COREVITAL_PLUGIN_NAME = "risk"
 
@@ -45,7 +45,6 @@ LEVEL_BOUNDS = ((0.3, "low"), (0.7, "medium"))  # below 0.3 low, below 0.7 mediu
 DEFAULT_ESCALATE_THRESHOLD = 0.7
 RUNNING_ALPHA = 0.3  # EMA weight of the newest step in risk.running
 RUNNING_SERIES = "risk.running"
-TOP_K = 10
 
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -110,19 +109,16 @@ def _settings(info: GenerationInfo) -> Mapping[str, Any]:
 # -- during generation ---------------------------------------------------------------------------
 
 
-def step_risk(logits: torch.Tensor, chosen: torch.Tensor | None, scales: Scales) -> torch.Tensor:
-    """``(rows,)`` continuous risk of one step's raw logits: on the device, no host sync, and no
-    constant tensors to copy over (the scales enter as Python numbers)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    probs = log_probs.exp()
-    top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1).values
+def step_risk(statistics: Mapping[str, torch.Tensor], scales: Scales, known_token: bool) -> torch.Tensor:
+    """``(rows,)`` continuous risk of one step from its logit statistics (see logits.step_statistics):
+    on the device, no host sync, and no constant tensors to copy over (scales enter as Python numbers)."""
     metrics = {
-        "entropy": entropy_nats(probs, log_probs) / LN2,
-        "margin": top[:, 0] - (top[:, 1] if top.shape[-1] > 1 else 0.0),
-        "topk_mass": top.sum(dim=-1),
+        "entropy": statistics["logits.entropy"],
+        "margin": statistics["logits.margin"],
+        "topk_mass": statistics["logits.top10_mass"],
     }
-    if chosen is not None:  # the last step's token is only known after generation: no evidence then
-        metrics["surprisal"] = -log_probs.gather(-1, chosen.view(-1, 1).long()).squeeze(-1) / LN2
+    if known_token:  # the last step's token is only known after generation: no evidence then
+        metrics["surprisal"] = statistics["logits.surprisal"]
     total = torch.zeros_like(metrics["topk_mass"])
     for metric, values in metrics.items():
         scale = scales.of(metric)
@@ -145,7 +141,7 @@ def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.T
     if info.capture_mode == "summary" and not info.consumed_live(RUNNING_SERIES):
         return None  # summary mode exports no step series: only a live reader would need it
     logits = step.logits
-    instant = step_risk(logits, step.chosen, state["scales"])
+    instant = step_risk(step_statistics(step), state["scales"], step.chosen is not None)
     # -inf is a legitimate logit mask; NaN and +inf are breakage.
     broken = (logits.isnan() | logits.isposinf()).any(dim=-1)
     if step.hidden is not None:  # (layers, rows, hidden): a NaN in any layer counts

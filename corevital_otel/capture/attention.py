@@ -90,10 +90,15 @@ def new_query_probabilities(
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights of the last query, ``(rows, heads, keys)``, and how many keys each row may attend to."""
+    num_keys = key.shape[2]
+    if attention_mask is None and position_bias is None and softcap is None:
+        # The common decode step (no padding): the last query sees every key; skip the general path.
+        scores = _scores(query[:, :, -1:, :], key, scaling)[:, :, 0, :]
+        key_counts = torch.full((query.shape[0],), num_keys, device=query.device, dtype=torch.int64)
+        return torch.softmax(scores, dim=-1), key_counts
     probs = query_probabilities(
         query, key, attention_mask, scaling, position_bias, softcap, queries=slice(-1, None)
     )[:, :, 0, :]
-    num_keys = key.shape[2]
     if attention_mask is None:
         key_counts = torch.full((query.shape[0],), num_keys, device=query.device, dtype=torch.int64)
     else:

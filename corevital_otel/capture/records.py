@@ -34,6 +34,9 @@ class StepCapture:
     attention: torch.Tensor | None
     attention_keys: torch.Tensor | None
     chosen: torch.Tensor | None
+    # Scratch shared by the plugins for this one step (e.g. one log-softmax that several plugins read),
+    # so two plugins never compute the same thing twice. Gone with the step.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from corevital_otel.capture.records import StepCapture
 from corevital_otel.plugins import risk
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import FAMILY_SCALES, METRICS
+from corevital_otel.plugins.logits import logit_statistics
 
 from .helpers import default_scales, make_info, make_series, results_with
 
@@ -103,7 +105,7 @@ def test_step_risk_on_device_matches_the_host_components():
     torch.manual_seed(0)
     logits = torch.randn(3, 50) * torch.tensor([[0.5], [3.0], [8.0]])
     chosen = torch.tensor([1, 2, 3])
-    on_device = risk.step_risk(logits, chosen, SCALES)
+    on_device = risk.step_risk(logit_statistics(logits, chosen), SCALES, known_token=True)
     log_probs = torch.log_softmax(logits, -1)
     probs = log_probs.exp()
     top = probs.topk(10, -1).values
@@ -118,9 +120,8 @@ def test_step_risk_on_device_matches_the_host_components():
         assert float(on_device[row]) == pytest.approx(expected, abs=1e-5)
 
 
-class _Step:
-    def __init__(self, logits, hidden=None, chosen=None):
-        self.logits, self.hidden, self.chosen, self.rows = logits, hidden, chosen, logits.shape[0]
+def _Step(logits, hidden=None, chosen=None) -> StepCapture:  # noqa: N802 - reads like the record it builds
+    return StepCapture(0, logits.shape[0], logits, hidden, None, None, chosen)
 
 
 def test_running_risk_is_an_ema_and_sticks_at_one_after_nan():

@@ -17,6 +17,8 @@ from corevital_otel.plugins._profiles import load_profile
 
 THRESHOLDS = load_profile("default")
 
+SURPRISAL_ON = {"prompt": {"surprisal": True}}  # per-position prompt surprisal is opt-in
+
 
 def make_prompt(
     real: torch.Tensor,
@@ -174,7 +176,7 @@ def _recorder(outputs: list[torch.Tensor]):
 
 def test_prompt_surprisal_and_layer_transformation_match_an_independent_forward(instrumented):
     """The plugin reuses the prefill pass; the test runs its own forward pass and compares."""
-    telemetry = instrumented(capture_mode="full")
+    telemetry = instrumented(capture_mode="full", plugin_options=SURPRISAL_ON)
     model = llama(layers=3)
     ids, mask = prompt_batch(batch=2, length=7, pad_first=2)
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
@@ -206,7 +208,7 @@ def test_prompt_surprisal_and_layer_transformation_match_an_independent_forward(
 
 
 def test_padded_prompt_gets_the_metrics_of_the_same_prompt_unpadded(instrumented):
-    telemetry = instrumented(capture_mode="full")
+    telemetry = instrumented(capture_mode="full", plugin_options=SURPRISAL_ON)
     model = build_model("llama")
     ids, mask = prompt_batch(batch=2, length=8, pad_first=3)
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
@@ -241,7 +243,7 @@ def test_encoder_prompt_of_a_seq2seq_model(instrumented):
 
 
 def test_return_sequences_copies_are_reported_once_per_prompt(instrumented):
-    telemetry = instrumented(capture_mode="summary")
+    telemetry = instrumented(capture_mode="summary", plugin_options=SURPRISAL_ON)
     ids, mask = prompt_batch(batch=2)
     build_model("gpt2").generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=True, num_return_sequences=3
@@ -261,3 +263,14 @@ def test_prompts_longer_than_the_limit_are_skipped(instrumented):
         name for name in attributes if name.startswith(tuple(f"corevital.prompt.{n}" for n in analysed))
     ]
     assert "corevital.capture.lost" not in attributes
+
+
+def test_prompt_surprisal_is_off_unless_asked_for(instrumented):
+    telemetry = instrumented(capture_mode="full")
+    ids, mask = prompt_batch(batch=1, length=7)
+    llama(layers=2).generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    (span,) = telemetry.generation_spans()
+    attributes = span.attributes
+    assert "corevital.prompt.surprisal.mean" not in attributes
+    assert "corevital.prompt.positions.surprisal" not in attributes
+    assert "corevital.prompt.layer_transformation.mean" in attributes  # the rest of the analysis runs
