@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 
 from . import content, emitter
 from .caller_context import current_context_attributes
@@ -69,18 +77,25 @@ def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, k
     except Exception:  # noqa: BLE001
         logger.warning("corevital could not start tracing this generate() call", exc_info=True)
         return original(model, *args, **kwargs)
-    token = ACTIVE_CAPTURE.set(call.session)
+    output: Any = None
+    error: BaseException | None = None
+    token = None
+    # From the span's start on, whatever happens (a KeyboardInterrupt may land on any line), the hooks
+    # come off, the context is reset and the span ends.
     try:
+        call.start()
+        token = ACTIVE_CAPTURE.set(call.session)
         with trace.use_span(
             call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
         ):
             output = original(model, *args, **call.generate_kwargs(kwargs))
-    except BaseException as error:
-        ACTIVE_CAPTURE.reset(token)
-        call.finish(None, error)
+    except BaseException as raised:
+        error = raised
         raise
-    ACTIVE_CAPTURE.reset(token)
-    call.finish(output, None)
+    finally:
+        if token is not None:
+            ACTIVE_CAPTURE.reset(token)
+        call.finish(output, error)
     return output
 
 
@@ -92,10 +107,9 @@ def _step_value_problem(name: Any, value: Any, rows: int) -> Exception | None:
         return TypeError(f"step value {name!r} must be a tensor with first dimension {rows}")
     # Kept on the device for every step until generate() returns: an oversized value would grow
     # memory with the generated length (shape metadata only, no host sync).
-    if value.numel() > rows * MAX_STEP_VALUES_PER_ROW:
-        return ValueError(
-            f"step value {name!r} has {value.numel() // rows} values per row (limit {MAX_STEP_VALUES_PER_ROW})"
-        )
+    per_row = value.numel() // rows
+    if per_row > MAX_STEP_VALUES_PER_ROW:
+        return ValueError(f"step value {name!r}: {per_row} values per row (limit {MAX_STEP_VALUES_PER_ROW})")
     return None
 
 
@@ -150,6 +164,10 @@ class GenerationCall:
         # to whole beams differently: not offered there.
         policies = policies_for(options.intervene, options.intervention_risk_threshold)
         self.intervention = InterventionRecord(policies) if policies and request.num_beams == 1 else None
+        if options.on_step is not None:
+            self.info.live_series = None
+        elif self.intervention is not None:
+            self.info.live_series = frozenset(policy.signal for policy in policies)
         self._prompt_delivered = False
         self._prompt_results: dict[str, Any] = {}
         self.lost: list[str] = []
@@ -174,12 +192,20 @@ class GenerationCall:
         )
         for _ in runtime.plugins.call_each("corevital_generation_start", self.failures, info=self.info):
             pass
-        # The span starts last, so a failure above leaves no span behind; a failed attach ends it.
-        self.span = runtime.telemetry.tracer.start_span(
-            f"text_completion {request.model_name}",
-            kind=SpanKind.INTERNAL,
-            attributes={**request.span_attributes(), **caller},
-        )
+        self.span: Span = INVALID_SPAN  # the real one starts in start(), where finish() is guaranteed
+
+    def start(self) -> None:
+        """Start the span and put the capture hooks on the model; never raises an Exception: a failure
+        to hook costs this call its capture, not its generate()."""
+        request = self.request
+        try:
+            self.span = self.runtime.telemetry.tracer.start_span(
+                f"text_completion {request.model_name}",
+                kind=SpanKind.INTERNAL,
+                attributes={**request.span_attributes(), **self.info.caller},
+            )
+        except Exception:  # noqa: BLE001
+            logger.warning("corevital could not start a span for this generate() call", exc_info=True)
         context = self.span.get_span_context()
         if context.trace_flags.sampled:  # plugins may link to a sampled span (e.g. Langfuse scores)
             self.info.trace_id, self.info.span_id = (
@@ -188,10 +214,9 @@ class GenerationCall:
             )
         try:
             self.session.attach()
-        except BaseException:
+        except Exception as error:  # noqa: BLE001
             self.session.detach()
-            self.span.end()
-            raise
+            self.session.fail("hooks", error)
 
     # -- during generation ---------------------------------------------------------------------
 
@@ -264,9 +289,11 @@ class GenerationCall:
             logger.warning("corevital failed to finish a generation span", exc_info=True)
             self.span.set_attribute("corevital.capture.lost", ("telemetry: finishing failed",))
         finally:
-            self.session.detach()
-            if self.span.is_recording():
-                self.span.end()
+            try:
+                self.session.detach()
+            finally:  # an interrupt while unhooking must not keep the span open
+                if self.span.is_recording():
+                    self.span.end()
 
     def _finish(self, output: Any, error: BaseException | None) -> None:
         request = self.request

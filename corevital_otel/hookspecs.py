@@ -17,6 +17,7 @@ so dependencies between plugins need no registration order:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -45,6 +46,15 @@ class CoreVitalHookSpecs:
         Called once when instrumentation starts; the core creates each instrument once. A plugin records
         values with ``results.record_metric(name, value, attributes)``; recording an undeclared name is an
         error that the core counts against the plugin.
+        """
+
+    @hookspec
+    def corevital_check_options(self, options: Mapping[str, Any]) -> None:
+        """Validate this plugin's settings once, at instrument() time (``options`` is the
+        ``plugin_options`` mapping; environment variables the plugin reads are checked here too).
+
+        Raise ``ValueError`` or ``TypeError`` for an invalid setting: instrument() then fails with a
+        ``ConfigError`` naming the plugin, instead of every later generation reporting the problem.
         """
 
     @hookspec

@@ -47,6 +47,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
 
             extra_plugins = (*extra_plugins, LangfuseScores(client_from_option(options.langfuse_scores)))
         plugins = PluginHost.load(extra_plugins, options.disabled_plugins, options.load_entry_point_plugins)
+        plugins.check_options(options.plugin_options)
         failures: list[PluginFailure] = []
         # A failure here is logged once by the plugin host, then counted and reported on every span.
         declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}

@@ -7,13 +7,14 @@ pluggy would stop a hook call at the first exception; the core instead calls eac
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
+from .config import ConfigError
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, CoreVitalHookSpecs
 from .telemetry_types import MetricSpec
 
@@ -47,8 +48,17 @@ class PluginHost:
         manager = pluggy.PluginManager(PROJECT_NAME)
         manager.add_hookspecs(CoreVitalHookSpecs)
         disabled = set(disabled)
+        installed = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        extra_plugins = tuple(extra_plugins)
+        # A misspelt name would leave the plugin someone meant to switch off running.
+        known = {ep.name for ep in installed} | {_plugin_name(plugin) for plugin in extra_plugins}
+        if disabled - known:
+            raise ConfigError(
+                f"disabled_plugins / COREVITAL_DISABLED_PLUGINS: unknown plugin(s) "
+                f"{', '.join(sorted(disabled - known))}; known: {', '.join(sorted(known))}"
+            )
         if use_entry_points:
-            for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+            for entry_point in installed:
                 if entry_point.name in disabled:
                     continue
                 try:
@@ -60,8 +70,10 @@ class PluginHost:
             if name in disabled or manager.is_registered(plugin):
                 continue
             if manager.get_plugin(name) is not None:
-                raise ValueError(f"a corevital plugin named {name!r} is already registered")
+                raise ConfigError(f"plugins: a corevital plugin named {name!r} is already registered")
             manager.register(plugin, name=name)
+            if not manager.get_hookcallers(plugin):  # e.g. a string, or a module without @hookimpl
+                raise ConfigError(f"plugins: {plugin!r} implements no corevital hook")
         manager.check_pending()
         return cls(manager)
 
@@ -97,6 +109,14 @@ class PluginHost:
         if (plugin, phase) not in self._logged:
             self._logged.add((plugin, phase))
             logger.warning("corevital plugin %r failed in %s: %r (logged once)", plugin, phase, error)
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Let every plugin validate its settings; the first invalid one raises :class:`ConfigError`."""
+        for implementation in self.implementations("corevital_check_options"):
+            try:
+                implementation.function(options)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"plugin {implementation.plugin_name!r}: {error}") from error
 
     def declared_metrics(self, failures: list[PluginFailure]) -> dict[str, tuple[str, MetricSpec]]:
         """All declared metrics by name, with the declaring plugin; duplicates are failures."""

@@ -35,11 +35,12 @@ class GenerationRequest:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
     decoder_prompt_length: int = 0  # columns of the returned sequences that were not generated
+    prompt_shape: tuple[int, int] | None = None  # (batch, positions) of input_ids or inputs_embeds
     custom_stops: bool = False  # a stopping criterion besides EOS and the token limit may end rows early
 
     @property
     def batch_size(self) -> int:
-        return int(self.input_ids.shape[0]) if self.input_ids is not None else 1
+        return self.prompt_shape[0] if self.prompt_shape is not None else 1
 
     def span_attributes(self) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -153,6 +154,10 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
         input_ids = input_ids.unsqueeze(0)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         input_ids = None
+    embeds = kwargs.get("inputs_embeds")
+    prompt = input_ids if input_ids is not None else embeds
+    has_prompt = isinstance(prompt, torch.Tensor) and prompt.dim() >= 2
+    prompt_shape = (int(prompt.shape[0]), int(prompt.shape[1])) if has_prompt else None
     mask = kwargs.get("attention_mask")
     model_config = getattr(model, "config", None)
     is_encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
@@ -161,8 +166,13 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
         # The returned sequences start with the decoder prompt: the start token unless the caller gave one.
         decoder_ids = kwargs.get("decoder_input_ids")
         decoder_prompt = int(decoder_ids.shape[-1]) if isinstance(decoder_ids, torch.Tensor) else 1
+        limit_prompt = decoder_prompt
+    elif prompt_shape is not None:
+        # The returned sequences start with the prompt ids; with inputs_embeds they hold new tokens only.
+        decoder_prompt = prompt_shape[1] if input_ids is not None else 0
+        limit_prompt = prompt_shape[1]
     else:
-        decoder_prompt = int(input_ids.shape[1]) if input_ids is not None else None
+        decoder_prompt = limit_prompt = 1  # no prompt: generate() starts from a BOS column
     # Trailing padding without EOS only comes from a stopping criterion that ended a row early.
     custom_stops = bool(settings.get("stop_strings")) or bool(kwargs.get("stopping_criteria"))
     return GenerationRequest(
@@ -171,7 +181,7 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
         is_encoder_decoder=is_encoder_decoder,
         input_ids=input_ids,
         attention_mask=mask if isinstance(mask, torch.Tensor) else None,
-        max_new_tokens=_new_token_limit(model, settings, default_max_length, decoder_prompt),
+        max_new_tokens=_new_token_limit(model, settings, default_max_length, limit_prompt),
         do_sample=bool(settings.get("do_sample") or False),
         temperature=settings.get("temperature"),
         top_p=settings.get("top_p"),
@@ -180,7 +190,8 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
         num_return_sequences=int(settings.get("num_return_sequences") or 1),
         eos_token_ids=_eos_ids(settings.get("eos_token_id")),
         pad_token_id=settings.get("pad_token_id"),
-        decoder_prompt_length=decoder_prompt or 0,
+        decoder_prompt_length=decoder_prompt,
+        prompt_shape=prompt_shape,
         custom_stops=custom_stops,
     )
 
@@ -212,8 +223,8 @@ def summarize_completion(request: GenerationRequest, sequences: torch.Tensor | N
     """Exact token usage and finish reasons, computed on the host once after generate() returned."""
     if request.attention_mask is not None:
         input_tokens = int(request.attention_mask.sum().item())
-    elif request.input_ids is not None:
-        input_tokens = int(request.input_ids.numel())
+    elif request.prompt_shape is not None:
+        input_tokens = request.prompt_shape[0] * request.prompt_shape[1]
     else:
         input_tokens = 0
     if sequences is None:

@@ -39,6 +39,8 @@ class SeriesCollector:
             blocks = list(self._blocks.get(name, []))
             if pending:
                 blocks.append(torch.stack(pending))
+            if not blocks:  # an add() interrupted before its first value was kept
+                continue
             series = torch.cat(blocks)[:steps]
             if series.shape[0] < steps:  # steps after the plugin's last output
                 filler = torch.full(

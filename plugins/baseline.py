@@ -30,7 +30,15 @@ import numpy as np
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepSeries, hookimpl
 from corevital_otel.plugins import _inputs, _options
-from corevital_otel.plugins._baseline_file import OPTIONS_KEY, Baseline, BaselineError, baseline_for
+from corevital_otel.plugins._baseline_file import (
+    ENVIRONMENT_VARIABLE,
+    OPTIONS_KEY,
+    Baseline,
+    BaselineError,
+    baseline_for,
+    configured_paths,
+    load,
+)
 
 COREVITAL_PLUGIN_NAME = "baseline"
 
@@ -229,6 +237,18 @@ def _apply_rolling(info: GenerationInfo, series: StepSeries, results: Generation
 
 
 # -- hooks -------------------------------------------------------------------------------------------
+
+
+@hookimpl
+def corevital_check_options(options: Mapping[str, Any]) -> None:
+    """A misspelt option or a baseline file that cannot be read fails instrument(), not every span."""
+    _options.settings(options, OPTIONS_KEY)
+    source = "plugin_options['baseline']['path']" if (options.get(OPTIONS_KEY) or {}).get("path") else None
+    for path in configured_paths(options):
+        try:
+            load(path)
+        except (BaselineError, OSError) as error:
+            raise ValueError(f"{source or ENVIRONMENT_VARIABLE}: {error}") from error
 
 
 @hookimpl

@@ -74,8 +74,10 @@ def prompt_surprisal(prompt: PromptCapture, rows: PromptRows) -> torch.Tensor | 
     token, padding). None for encoders or when the output embeddings are unavailable."""
     if prompt.is_encoder or rows.ids is None or prompt.output_embeddings is None or rows.length < 2:
         return None
+    # The vocabulary size bounds the chunk; a quantized head's ``weight`` is a method, not a tensor.
     weight = getattr(prompt.output_embeddings, "weight", None)
-    vocab = int(weight.shape[0]) if weight is not None else 1 << 16
+    weight = weight() if callable(weight) else weight
+    vocab = int(weight.shape[0]) if isinstance(weight, torch.Tensor) else 1 << 16
     chunk = max(1, CHUNK_ELEMENTS // (rows.captured * vocab))
     surprisal = torch.full((rows.count, rows.length), float("nan"), device=rows.real.device)
     for start in range(0, rows.length - 1, chunk):

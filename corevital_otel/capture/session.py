@@ -134,7 +134,7 @@ class CaptureSession:
             if hidden is not None and hidden.dim() == 3 and self._prompt_fits(hidden.shape[1]):
                 self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001 - a hook error would break the model's forward
-            self._fail("prompt", error)
+            self.fail("prompt", error)
 
     def _after_prompt_root(self, module: nn.Module, args: tuple, output: Any) -> None:
         if not self._is_mine() or not (self.is_encoder_decoder or self._in_prefill()):
@@ -146,7 +146,7 @@ class CaptureSession:
             if hidden is not None and hidden.dim() == 3 and self._prompt_fits(hidden.shape[1]):
                 self.prompt_final_hidden = hidden
         except Exception as error:  # noqa: BLE001
-            self._fail("prompt", error)
+            self.fail("prompt", error)
 
     def prompt_capture(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
@@ -186,7 +186,7 @@ class CaptureSession:
             )
             self._complete_pending(chosen)
 
-    def _fail(self, kind: str, error: BaseException) -> None:
+    def fail(self, kind: str, error: BaseException) -> None:
         if kind not in self.failures:
             self.failures[kind] = f"{type(error).__name__}: {error}"
             if kind not in self._logged_failures:
@@ -224,7 +224,7 @@ class CaptureSession:
                 self._complete_pending(chosen)
             self._reset_layer_buffers()
         except Exception as error:  # noqa: BLE001 - capture must never break generation
-            self._fail("steps", error)
+            self.fail("steps", error)
 
     def _after_forward(self, module: nn.Module, args: tuple, *kwargs_and_output: Any) -> None:
         if not self._is_mine() or len(kwargs_and_output) != 2:
@@ -253,7 +253,7 @@ class CaptureSession:
             )
             self.steps_seen += 1
         except Exception as error:  # noqa: BLE001
-            self._fail("steps", error)
+            self.fail("steps", error)
 
     def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
         if not self._is_mine() or "hidden_states" in self.failures:
@@ -265,7 +265,7 @@ class CaptureSession:
                 if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                     self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001
-            self._fail("hidden_states", error)
+            self.fail("hidden_states", error)
 
     def observe_attention(
         self,
@@ -298,7 +298,7 @@ class CaptureSession:
             self._attention[layer] = probs
             self._attention_keys[layer] = key_counts
         except Exception as error:  # noqa: BLE001
-            self._fail("attention", error)
+            self.fail("attention", error)
 
     def _keep_prompt_attention(
         self,

@@ -1,0 +1,30 @@
+"""Fixtures of the reliability tests; ``telemetry`` and ``instrumented`` come from tests/conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from core.otlp_receiver import OtlpReceiver, running_receiver
+
+import corevital_otel
+from corevital_otel.capture.active import ACTIVE_CAPTURE
+from corevital_otel.capture.attention import attention_capture_installed
+from corevital_otel.patching import is_patched
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """Each test starts uninstrumented and must leave no patch and no active capture behind."""
+    if corevital_otel.is_instrumented():
+        corevital_otel.uninstrument()
+    yield
+    if corevital_otel.is_instrumented():
+        corevital_otel.uninstrument()
+    assert ACTIVE_CAPTURE.get() is None
+    assert not is_patched() and not attention_capture_installed()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    yield from running_receiver()
