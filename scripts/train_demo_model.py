@@ -59,10 +59,17 @@ SKIP_DIRS = {
     "ensurepip",
 }
 
-# "code" pre-tokenizer: identifiers (with "_"), numbers and punctuation runs each
-# keep ONE trailing space; a newline is always its own piece, separate from the
-# indentation that follows it; other whitespace runs are pieces of their own.
-PRE_TOKENIZE_PATTERN = r"[\p{L}_][\p{L}\p{N}_]* ?|\p{N}+ ?|[^\s\p{L}\p{N}_]+ ?|\n|[^\S\n]+"
+# Pre-tokenizer patterns (split before byte-level BPE), keyed by --pretokenizer.
+# "code" (the default, used for the shipped model): identifiers (with "_"),
+# numbers and punctuation runs each keep ONE trailing space; any other run of
+# whitespace (newline + indentation included) is a piece of its own.
+# "code-nl": the same, but "\n" is always a piece by itself, separate from the
+# indentation after it (an experiment; NOT what the shipped model used).
+PRE_TOKENIZE_PATTERNS = {
+    "code": r"[\p{L}_][\p{L}\p{N}_]* ?|\p{N}+ ?|[^\s\p{L}\p{N}_]+ ?|\s+",
+    "code-nl": r"[\p{L}_][\p{L}\p{N}_]* ?|\p{N}+ ?|[^\s\p{L}\p{N}_]+ ?|\n|[^\S\n]+",
+}
+PRE_TOKENIZE_PATTERN = PRE_TOKENIZE_PATTERNS["code"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "corevital_otel" / "demo_model"
@@ -100,15 +107,14 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_len: int, style: str 
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    if style == "code":
-        # Unlike GPT-2 (which glues a space to the *start* of the next word and a
-        # newline to the indentation after it), a single trailing space stays with
-        # the preceding identifier / number / punctuation run and "\n" is its own
-        # piece, so code prompts such as "def ", "class ", "    return " or
-        # "import os\n" end on a token boundary the model has seen in training.
+    if style in PRE_TOKENIZE_PATTERNS:
+        # Unlike GPT-2 (which glues a space to the *start* of the next word), a
+        # single trailing space stays with the preceding identifier / number /
+        # punctuation run, so code prompts such as "def ", "class " or "    return "
+        # end on a token boundary the model has seen in training.
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(PRE_TOKENIZE_PATTERN), behavior="isolated"),
+                pre_tokenizers.Split(Regex(PRE_TOKENIZE_PATTERNS[style]), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -183,7 +189,7 @@ def main() -> None:
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
     p.add_argument("--llama-ffn", type=int, default=0, help="llama MLP width (0: ~8/3 * hidden)")
-    p.add_argument("--pretokenizer", choices=["code", "gpt2"], default="code")
+    p.add_argument("--pretokenizer", choices=["code", "code-nl", "gpt2"], default="code")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
