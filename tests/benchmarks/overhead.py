@@ -22,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("plain", "summary", "full", "on_risk", "output_flags")
+TARGETS_TEXT = (
+    "full metric set, default mode (full): <= 1.05x plain generate() on gpt2-small p128 n64 b1 (CPU); "
+    "<= 1.10x on the smallest shape; well below the output_* approach everywhere; "
+    "memory: no growth with generated tokens beyond a few values per step."
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ GRIDS = {
         for batch in (1, 8)
     ],
     "smoke": [Shape("tiny", 16, 8, 1)],
+    # Memory against generated length: the same shape at 64 and 512 new tokens (use with --memory-only).
+    "memory": [Shape("gpt2-small", 128, 64, 1), Shape("gpt2-small", 128, 512, 1)],
 }
 
 
@@ -223,14 +231,40 @@ def count_host_syncs(shape: Shape) -> float:
     return counted["n"] / shape.new_tokens
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_growth_during(call: Callable[[], Any]) -> float:
+    """Peak of the process' current RSS while ``call`` runs, minus the RSS before it (MB), sampled
+    every 2 ms by a thread (ru_maxrss would only show the model's construction peak)."""
+    before = current_rss_mb()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], current_rss_mb())
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        call()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], current_rss_mb()) - before
+
+
 def peak_rss_mb(shape: Shape, variant: str) -> float:
-    """Peak RSS growth (MB) of one call in a fresh process, over the process after model load."""
+    """Peak RSS growth (MB) of one call in a fresh process (after a warm-up call)."""
     code = (
-        "import sys, json, resource, torch; torch.set_num_threads(1);"
+        "import sys, json, torch; torch.set_num_threads(1);"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import overhead as o;"
-        f"v = o.Variant({variant!r}, o.Shape(**{json.dumps(asdict(shape))}));"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; v.call();"
-        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024))"
+        f"v = o.Variant({variant!r}, o.Shape(**{json.dumps(asdict(shape))})); v.call();"
+        "print(json.dumps(o.peak_growth_during(v.call)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
@@ -252,15 +286,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", choices=sorted(GRIDS), default="targets")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory subprocesses, no timing")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    print(f"targets: {TARGETS_TEXT}", flush=True)
     rows = []
     for shape in GRIDS[args.grid]:
-        print(f"timing {shape.label} ...", flush=True)
-        timings = time_shape(shape, args.repeats)
+        print(f"{'measuring' if args.memory_only else 'timing'} {shape.label} ...", flush=True)
+        timings = (
+            {name: [float("nan")] for name in VARIANTS}
+            if args.memory_only
+            else time_shape(shape, args.repeats)
+        )
         plain = statistics.median(timings["plain"])
-        syncs = count_host_syncs(shape)
+        syncs = float("nan") if args.memory_only else count_host_syncs(shape)
         for name in VARIANTS:
             median = statistics.median(timings[name])
             row = {
@@ -290,6 +330,8 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
     lines = [
         f"Grid `{args.grid}`, {args.repeats} interleaved repeats, {machine}.",
+        "",
+        f"Targets: {TARGETS_TEXT}",
         "",
         "| shape | variant | median s | spread s | ratio to plain | peak RSS growth MB"
         " | corevital host syncs / step |",
