@@ -1,24 +1,7 @@
-"""Fixtures of the outcome, KV-cache, drift and probe tests (``instrumented``: tests/conftest.py)."""
+"""Fixtures of the outcome, KV-cache, drift and probe tests (``instrumented``: tests/conftest.py).
 
-from __future__ import annotations
+The core tests' fixtures serve here too: every test starts and ends uninstrumented, and
+``otlp_receiver`` is an in-process OTLP/HTTP receiver.
+"""
 
-from collections.abc import Iterator
-
-import pytest
-from core.otlp_receiver import OtlpReceiver, running_receiver
-
-import corevital_otel
-
-
-@pytest.fixture(autouse=True)
-def _never_left_instrumented() -> Iterator[None]:
-    if corevital_otel.is_instrumented():
-        corevital_otel.uninstrument()
-    yield
-    if corevital_otel.is_instrumented():
-        corevital_otel.uninstrument()
-
-
-@pytest.fixture
-def otlp_receiver() -> Iterator[OtlpReceiver]:
-    yield from running_receiver()
+from core.conftest import _never_left_instrumented, otlp_receiver  # noqa: F401
