@@ -17,7 +17,7 @@ from .telemetry_types import MetricSpec
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .capture.records import PromptCapture, StepCapture
+    from .capture.records import PromptCapture, StepBlock, StepCapture
 
 __all__ = [
     "ConfigError",
@@ -26,6 +26,7 @@ __all__ = [
     "MetricSpec",
     "Options",
     "PromptCapture",
+    "StepBlock",
     "StepCapture",
     "StepSeries",
     "__version__",
@@ -44,7 +45,7 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None, **option
 
     Options (each also readable from a ``COREVITAL_*`` variable, see docs/configuration.md):
     ``capture_mode``, ``capture_logits``, ``capture_hidden_states``, ``capture_attention``,
-    ``max_step_events``, ``plugins``, ``disabled_plugins``, ``load_entry_point_plugins``,
+    ``max_step_events``, ``block_steps``, ``plugins``, ``disabled_plugins``, ``load_entry_point_plugins``,
     ``plugin_options``, ``on_step``. Raises :class:`ConfigError` on an invalid value.
     Returns the instrumentor. Calling it again while instrumented does nothing.
     """
@@ -72,7 +73,7 @@ def is_instrumented() -> bool:
 
 def __getattr__(name: str) -> Any:
     # The capture records import torch; ``import corevital_otel`` stays light until a plugin asks for them.
-    if name in ("PromptCapture", "StepCapture"):
+    if name in ("PromptCapture", "StepBlock", "StepCapture"):
         from .capture import records
 
         return getattr(records, name)

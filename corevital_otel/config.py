@@ -14,6 +14,7 @@ from typing import Any
 CAPTURE_MODES = ("full", "summary", "on_risk")
 CONTENT_MODES = ("NO_CONTENT", "SPAN_ONLY", "EVENT_ONLY", "SPAN_AND_EVENT")
 _LEGACY_CONTENT = {"TRUE": "SPAN_AND_EVENT", "FALSE": "NO_CONTENT"}
+MAX_BLOCK_STEPS = 256
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -33,6 +34,9 @@ class Options:
     capture_prompt: bool = True
     prompt_max_tokens: int = 1024
     max_step_events: int = 32
+    # Steps the capture stashes before plugins compute their step series in one pass (fewer when the
+    # buffers would pass their memory budget; 1 whenever something reads step values live).
+    block_steps: int = 32
     load_entry_point_plugins: bool = True
     disabled_plugins: frozenset[str] = frozenset()
     plugins: tuple[Any, ...] = ()
@@ -61,6 +65,13 @@ def _parse_non_negative_int(variable: str, raw: str) -> int:
         raise ConfigError(f"{variable}={raw!r}: expected a non-negative integer") from None
     if value < 0:
         raise ConfigError(f"{variable}={raw!r}: expected a non-negative integer")
+    return value
+
+
+def _parse_block_steps(variable: str, raw: str) -> int:
+    value = _parse_non_negative_int(variable, raw)
+    if not 1 <= value <= MAX_BLOCK_STEPS:
+        raise ConfigError(f"{variable}={raw!r}: expected an integer from 1 to {MAX_BLOCK_STEPS}")
     return value
 
 
@@ -116,6 +127,7 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "capture_prompt": ("COREVITAL_CAPTURE_PROMPT", _parse_bool),
     "prompt_max_tokens": ("COREVITAL_PROMPT_MAX_TOKENS", _parse_non_negative_int),
     "max_step_events": ("COREVITAL_MAX_STEP_EVENTS", _parse_non_negative_int),
+    "block_steps": ("COREVITAL_BLOCK_STEPS", _parse_block_steps),
     "load_entry_point_plugins": ("COREVITAL_LOAD_PLUGINS", _parse_bool),
     "disabled_plugins": ("COREVITAL_DISABLED_PLUGINS", _parse_name_list),
     "capture_content": ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", _parse_content_mode),
@@ -157,6 +169,10 @@ def _validate_keyword(name: str, value: Any) -> Any:
         raise ConfigError(f"capture_mode={value!r}: expected one of {', '.join(CAPTURE_MODES)}")
     if name in _COUNT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ConfigError(f"{name}={value!r}: expected a non-negative integer")
+    if name == "block_steps":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r}: expected an integer from 1 to {MAX_BLOCK_STEPS}")
+        return _parse_block_steps(name, str(value))
     if name in _BOOL_OPTIONS and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r}: expected True or False")
     if name == "intervene":

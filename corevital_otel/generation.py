@@ -30,7 +30,6 @@ from . import content, emitter
 from .caller_context import current_context_attributes
 from .capture.active import ACTIVE_CAPTURE
 from .capture.layers import locate_layout
-from .capture.records import StepCapture
 from .capture.session import CaptureSession, CaptureSwitches
 from .config import Options
 from .families import model_family
@@ -45,13 +44,12 @@ from .request import (
 )
 from .results import GenerationInfo, GenerationResults, StepSeries
 from .series import SeriesCollector
+from .step_dispatch import StepDispatcher
 from .telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
 _ANALYSIS_PHASES = ("corevital_summarize", "corevital_assess", "corevital_explain")
-# Per-step plugin values are meant to be small (a value per row, layer or head): far above any of those.
-MAX_STEP_VALUES_PER_ROW = 65_536
 
 
 @dataclass
@@ -99,20 +97,6 @@ def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, k
     return output
 
 
-def _step_value_problem(name: Any, value: Any, rows: int) -> Exception | None:
-    """Why a plugin's step value cannot become a step series, or None when it can."""
-    if not isinstance(name, str):
-        return TypeError(f"step value name {name!r} must be a string")
-    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != rows:
-        return TypeError(f"step value {name!r} must be a tensor with first dimension {rows}")
-    # Kept on the device for every step until generate() returns: an oversized value would grow
-    # memory with the generated length (shape metadata only, no host sync).
-    per_row = value.numel() // rows
-    if per_row > MAX_STEP_VALUES_PER_ROW:
-        return ValueError(f"step value {name!r}: {per_row} values per row (limit {MAX_STEP_VALUES_PER_ROW})")
-    return None
-
-
 def _error_type(error: BaseException) -> str:
     return f"{type(error).__module__}.{type(error).__qualname__}"
 
@@ -156,7 +140,6 @@ class GenerationCall:
         )
         caller = current_context_attributes()
         self.info.caller = caller
-        self._last_outputs: dict[str, torch.Tensor] = {}
         no_content = options.capture_content == "NO_CONTENT"
         self.info.tokenizer = content.find_tokenizer(model, kwargs)  # plugins may classify, never export
         self.tokenizer = None if no_content else self.info.tokenizer
@@ -168,7 +151,6 @@ class GenerationCall:
             self.info.live_series = None
         elif self.intervention is not None:
             self.info.live_series = frozenset(policy.signal for policy in policies)
-        self._prompt_delivered = False
         self._prompt_results: dict[str, Any] = {}
         self.lost: list[str] = []
         if not layout.layers:
@@ -182,13 +164,19 @@ class GenerationCall:
             prompt=options.capture_prompt,
             prompt_max_tokens=options.prompt_max_tokens,
         )
+        self.steps = StepDispatcher(runtime.plugins, self.info, self.failures, self.series, options.on_step)
+        # Something reads step values while generating: hand every step on at once; otherwise in blocks.
+        live = options.on_step is not None or self.intervention is not None
         self.session = CaptureSession(
             model,
             layout,
             switches,
-            self._on_step,
+            self.steps.deliver,
             request.is_encoder_decoder,
             runtime.logged_capture_failures,
+            deliver_prompt=self._deliver_prompt,
+            max_block_steps=1 if live else options.block_steps,
+            per_step_attention=request.num_beams > 1,
         )
         for _ in runtime.plugins.call_each("corevital_generation_start", self.failures, info=self.info):
             pass
@@ -221,7 +209,6 @@ class GenerationCall:
     # -- during generation ---------------------------------------------------------------------
 
     def _deliver_prompt(self) -> None:
-        self._prompt_delivered = True
         prompt = self.session.prompt_capture(self.request.input_ids, self.request.attention_mask)
         try:
             for plugin, values in self.runtime.plugins.call_each(
@@ -235,39 +222,14 @@ class GenerationCall:
         finally:
             self.session.release_prompt()
 
-    def _on_step(self, step: StepCapture) -> None:
-        if not self._prompt_delivered:
-            self._deliver_prompt()
-        outputs: dict[str, torch.Tensor] = {}
-        self._last_outputs = outputs
-        for plugin, values in self.runtime.plugins.call_each(
-            "corevital_step", self.failures, info=self.info, step=step
-        ):
-            if values is not None and not isinstance(values, Mapping):
-                error = TypeError(f"step values must be a mapping, not {type(values).__name__}")
-                self.runtime.plugins.record_failure(self.failures, plugin, "corevital_step", error)
-                continue
-            for name, value in (values or {}).items():
-                problem = _step_value_problem(name, value, step.rows)
-                if problem is not None:
-                    self.runtime.plugins.record_failure(self.failures, plugin, "corevital_step", problem)
-                    continue
-                self.series.add(step.index, name, value)
-                outputs[name] = value
-        if self.runtime.options.on_step is not None:
-            try:
-                self.runtime.options.on_step(self.info, step.index, outputs)
-            except Exception:  # noqa: BLE001
-                logger.warning("corevital on_step callback failed", exc_info=True)
-
     def _deliver_now(self, chosen: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]] | None:
         """For the intervention criterion: run the pending step's plugins now; never raises."""
         try:
-            step = self.session.deliver_pending(chosen)
+            block = self.session.deliver_pending(chosen)
         except Exception:  # noqa: BLE001
             logger.warning("corevital intervention check failed", exc_info=True)
             return None
-        return None if step is None else (step.index, self._last_outputs)
+        return None if block is None else (block.start + block.steps - 1, self.steps.last_outputs)
 
     def generate_kwargs(self, kwargs: dict) -> dict:
         """The caller's keyword arguments, plus our stopping criterion when interventions are on."""

@@ -9,7 +9,8 @@ so dependencies between plugins need no registration order:
 
 1. ``corevital_generation_start`` once, before the first forward pass;
 2. ``corevital_prompt`` once, with the prefill (or seq2seq encoder) pass;
-3. ``corevital_step`` once per generated token, on the model's device, without host syncs;
+3. ``corevital_steps`` once per block of generated tokens (or ``corevital_step`` once per token), on the
+   model's device, without host syncs;
 4. ``corevital_summarize`` once, on host data: step series -> aggregates;
 5. ``corevital_assess`` once: flags, risk, blame, built from the aggregates;
 6. ``corevital_explain`` once: narrative text built from everything above.
@@ -25,7 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from .capture.records import PromptCapture, StepCapture
+    from .capture.records import PromptCapture, StepBlock, StepCapture
     from .results import GenerationInfo, GenerationResults, StepSeries
     from .telemetry_types import MetricSpec
 
@@ -71,13 +72,28 @@ class CoreVitalHookSpecs:
         """
 
     @hookspec
-    def corevital_step(self, info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
-        """One generated token's capture: raw logits, new-position hidden states, new-query attention.
+    def corevital_steps(self, info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
+        """A block of consecutive generated tokens: raw logits, new-position hidden states and new-query
+        attention of each, with a leading steps dimension (see :class:`StepBlock`).
 
-        Return small tensors whose first dimension is the batch row (``step.rows``), e.g. ``(rows,)`` or
-        ``(rows, layers)``. They stay on the model's device; the core stacks them into step series and
+        Return small tensors whose first two dimensions are ``(block.steps, block.rows)``, e.g.
+        ``(steps, rows)`` or ``(steps, rows, layers)``, computed for the whole block at once: that is what
+        keeps capture cheap. They stay on the model's device; the core appends them to step series and
         moves everything to the host in one transfer after generate() returns. Never call ``.item()``,
         ``.cpu()`` or ``.tolist()`` here: on a GPU each one stalls generation.
+
+        Blocks arrive in step order, every few steps and at the end; a block is a single step when
+        something reads step values while generating (``on_step``, interventions), so a plugin that
+        carries state from step to step (a running average, a loop detector) sees every step in order.
+        """
+
+    @hookspec
+    def corevital_step(self, info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+        """One generated token's capture (the per-token form of ``corevital_steps``, simpler to write,
+        dearer to run: it is called once per token with views into the block).
+
+        Return small tensors whose first dimension is the batch row (``step.rows``), e.g. ``(rows,)`` or
+        ``(rows, layers)``. Same rules as ``corevital_steps``: on the device, no host syncs.
         """
 
     @hookspec

@@ -7,58 +7,55 @@ import torch
 
 from .results import StepSeries
 
-# Stack step tensors into one block every this many steps: the Python objects kept per name stay
-# bounded (one per block) however long the generation runs, with no host sync.
-_BLOCK_STEPS = 64
+# Merge a series' chunks into one every this many chunks: the Python objects kept per name stay bounded
+# however long the generation runs (per-step plugins add one chunk per step), with no host sync.
+_MAX_CHUNKS = 64
+
+
+def _assemble(chunks: list[tuple[int, torch.Tensor]], begin: int, end: int) -> torch.Tensor:
+    """Steps ``begin .. end - 1`` of a series from its chunks; steps no chunk covers are NaN."""
+    first = chunks[0][1]
+    if len(chunks) == 1 and chunks[0][0] == begin and first.shape[0] == end - begin:
+        return first
+    out = torch.full((end - begin, *first.shape[1:]), float("nan"), device=first.device)
+    for start, values in chunks:
+        stop = min(end, start + values.shape[0])
+        if stop > start:
+            out[start - begin : stop - begin] = values[: stop - start]
+    return out
 
 
 class SeriesCollector:
-    """Collects ``name -> (rows, ...)`` tensors per step; a step a plugin skipped becomes NaN."""
+    """Collects ``name -> (steps, rows, ...)`` tensors by block; a step a plugin skipped becomes NaN."""
 
     def __init__(self) -> None:
-        self._blocks: dict[str, list[torch.Tensor]] = {}
-        self._pending: dict[str, list[torch.Tensor]] = {}
-        self._next_step: dict[str, int] = {}
+        self._chunks: dict[str, list[tuple[int, torch.Tensor]]] = {}
+
+    def add_block(self, start: int, name: str, values: torch.Tensor) -> None:
+        """``values`` ``(n, rows, ...)`` for steps ``start .. start + n - 1``."""
+        chunks = self._chunks.setdefault(name, [])
+        chunks.append((start, values.detach().float()))
+        if len(chunks) >= _MAX_CHUNKS:
+            begin = chunks[0][0]
+            end = max(s + v.shape[0] for s, v in chunks)
+            chunks[:] = [(begin, _assemble(chunks, begin, end))]
 
     def add(self, step: int, name: str, value: torch.Tensor) -> None:
-        value = value.detach().float()
-        expected = self._next_step.get(name, 0)
-        pending = self._pending.setdefault(name, [])
-        while expected < step:  # the plugin produced nothing for the steps in between
-            pending.append(torch.full_like(value, float("nan")))
-            expected += 1
-        pending.append(value)
-        self._next_step[name] = step + 1
-        if len(pending) >= _BLOCK_STEPS:
-            self._blocks.setdefault(name, []).append(torch.stack(pending))
-            pending.clear()
+        """One step's ``(rows, ...)`` value."""
+        self.add_block(step, name, value.unsqueeze(0))
 
     def to_host(self, steps: int, mask: np.ndarray, tokens: np.ndarray, seconds: np.ndarray) -> StepSeries:
-        stacked: dict[str, torch.Tensor] = {}
-        for name, pending in self._pending.items():
-            blocks = list(self._blocks.get(name, []))
-            if pending:
-                blocks.append(torch.stack(pending))
-            if not blocks:  # an add() interrupted before its first value was kept
-                continue
-            series = torch.cat(blocks)[:steps]
-            if series.shape[0] < steps:  # steps after the plugin's last output
-                filler = torch.full(
-                    (steps - series.shape[0], *series.shape[1:]), float("nan"), device=series.device
-                )
-                series = torch.cat([series, filler])
-            stacked[name] = series
+        stacked = {name: _assemble(chunks, 0, steps) for name, chunks in self._chunks.items() if chunks}
         arrays: dict[str, np.ndarray] = {}
-        if stacked:
-            by_device: dict[torch.device, list[str]] = {}
-            for name, tensor in stacked.items():
-                by_device.setdefault(tensor.device, []).append(name)
-            for names in by_device.values():
-                # One device->host copy per device for every series together.
-                flat = torch.cat([stacked[name].reshape(-1) for name in names]).cpu().numpy()
-                offset = 0
-                for name in names:
-                    size = stacked[name].numel()
-                    arrays[name] = flat[offset : offset + size].reshape(tuple(stacked[name].shape))
-                    offset += size
+        by_device: dict[torch.device, list[str]] = {}
+        for name, tensor in stacked.items():
+            by_device.setdefault(tensor.device, []).append(name)
+        for names in by_device.values():
+            # One device->host copy per device for every series together.
+            flat = torch.cat([stacked[name].reshape(-1) for name in names]).cpu().numpy()
+            offset = 0
+            for name in names:
+                size = stacked[name].numel()
+                arrays[name] = flat[offset : offset + size].reshape(tuple(stacked[name].shape))
+                offset += size
         return StepSeries(arrays=arrays, mask=mask, tokens=tokens, step_seconds=seconds)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, StepCapture, StepSeries, hookimpl
+from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2, entropy_nats
 from corevital_otel.plugins._profiles import Thresholds, thresholds_for
 from corevital_otel.plugins._summary import publish, wants_detail
@@ -77,26 +77,27 @@ def layer_collapsed(collapsed_heads: torch.Tensor, heads: int, thresholds: Thres
 
 
 def _rows_first(per_layer: torch.Tensor) -> torch.Tensor:
-    return per_layer.transpose(0, 1)  # (layers, rows) -> (rows, layers)
+    return per_layer.transpose(1, 2)  # (steps, layers, rows) -> (steps, rows, layers)
 
 
-def attention_step_values(
+def attention_block_values(
     attention: torch.Tensor, keys: torch.Tensor, thresholds: Thresholds, detail: bool
 ) -> dict[str, torch.Tensor]:
-    """Step outputs: ``(rows,)`` series over all layers and heads, ``(rows, layers)`` per-layer series."""
+    """Block outputs from ``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key
+    counts: ``(steps, rows)`` series over all layers and heads, ``(steps, rows, layers)`` per-layer ones."""
     stats = head_statistics(attention, keys, thresholds)
-    entropy, concentration = stats["entropy"], stats["concentration"]
+    entropy, concentration = stats["entropy"], stats["concentration"]  # (steps, layers, rows, heads)
     collapsed = stats["collapsed"].sum(dim=-1)
     focused = stats["focused"].sum(dim=-1)
     values = {
-        "attention.entropy.mean": entropy.mean(dim=(0, 2)),
-        "attention.entropy.min": entropy.amin(dim=(0, 2)),
-        "attention.concentration.max": concentration.amax(dim=(0, 2)),
-        "attention.collapsed_heads": collapsed.sum(dim=0),
-        "attention.focused_heads": focused.sum(dim=0),
+        "attention.entropy.mean": entropy.mean(dim=(1, 3)),
+        "attention.entropy.min": entropy.amin(dim=(1, 3)),
+        "attention.concentration.max": concentration.amax(dim=(1, 3)),
+        "attention.collapsed_heads": collapsed.sum(dim=1),
+        "attention.focused_heads": focused.sum(dim=1),
         "attention.layers.entropy.mean": _rows_first(entropy.mean(dim=-1)),
         "attention.layers.collapsed_heads": _rows_first(collapsed),
-        "attention.layers.collapsed": _rows_first(layer_collapsed(collapsed, entropy.shape[2], thresholds)),
+        "attention.layers.collapsed": _rows_first(layer_collapsed(collapsed, entropy.shape[-1], thresholds)),
     }
     if detail:
         values.update(
@@ -112,17 +113,26 @@ def attention_step_values(
     return values
 
 
+def attention_step_values(
+    attention: torch.Tensor, keys: torch.Tensor, thresholds: Thresholds, detail: bool
+) -> dict[str, torch.Tensor]:
+    """:func:`attention_block_values` of one step: ``(layers, rows, heads, keys)`` weights in, ``(rows,)``
+    and ``(rows, layers)`` series out."""
+    values = attention_block_values(attention.unsqueeze(0), keys.unsqueeze(0), thresholds, detail)
+    return {name: value[0] for name, value in values.items()}
+
+
 @hookimpl
 def corevital_generation_start(info: GenerationInfo) -> None:
     info.state[COREVITAL_PLUGIN_NAME] = thresholds_for(info)
 
 
 @hookimpl
-def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
-    if step.attention is None or step.attention_keys is None:
+def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
+    if block.attention is None or block.attention_keys is None:
         return None
     thresholds: Thresholds = info.state[COREVITAL_PLUGIN_NAME]
-    return attention_step_values(step.attention, step.attention_keys, thresholds, wants_detail(info))
+    return attention_block_values(block.attention, block.attention_keys, thresholds, wants_detail(info))
 
 
 @hookimpl

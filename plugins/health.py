@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepCapture, StepSeries, hookimpl
+from corevital_otel import (
+    GenerationInfo,
+    GenerationResults,
+    MetricSpec,
+    StepBlock,
+    StepCapture,
+    StepSeries,
+    hookimpl,
+)
 from corevital_otel.plugins._loops import LoopTracker
 from corevital_otel.plugins._profiles import Thresholds, thresholds_for
 from corevital_otel.plugins._summary import masked, publish, wants_detail
@@ -42,32 +50,37 @@ class HealthState:
     loops: LoopTracker
 
 
-def nonfinite_step_values(step: StepCapture) -> dict[str, torch.Tensor]:
-    """NaN/Inf evidence of one step: ``health.nonfinite`` ``(rows,)``; per layer ``health.layers.nan`` (in
-    the layer's output or attention row) and ``health.layers.inf`` ``(rows, layers)``; and
-    ``health.logits_nonfinite`` ``(rows, 2)``: a NaN, a +Inf logit (-Inf is a legitimate mask)."""
+def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
+    """NaN/Inf evidence of a block: ``health.nonfinite`` ``(steps, rows)``; per layer ``health.layers.nan``
+    (in the layer's output or attention row) and ``health.layers.inf`` ``(steps, rows, layers)``; and
+    ``health.logits_nonfinite`` ``(steps, rows, 2)``: a NaN, a +Inf logit (-Inf is a legitimate mask)."""
     values: dict[str, torch.Tensor] = {}
     found: list[torch.Tensor] = []
-    if step.logits is not None:
-        logits = torch.stack([step.logits.isnan().any(dim=-1), step.logits.isposinf().any(dim=-1)], dim=-1)
+    if block.logits is not None:
+        logits = torch.stack([block.logits.isnan().any(dim=-1), block.logits.isposinf().any(dim=-1)], dim=-1)
         values["health.logits_nonfinite"] = logits.float()
         found.append(logits.any(dim=-1))
     nan = inf = None
-    if step.hidden is not None:
-        nan, inf = step.hidden.isnan().any(dim=-1), step.hidden.isinf().any(dim=-1)  # (layers, rows)
-    if step.attention is not None:
-        attention = (~torch.isfinite(step.attention)).flatten(start_dim=2).any(dim=-1)
+    if block.hidden is not None:
+        nan, inf = block.hidden.isnan().any(dim=-1), block.hidden.isinf().any(dim=-1)  # (steps, layers, rows)
+    if block.attention is not None:
+        attention = (~torch.isfinite(block.attention)).flatten(start_dim=3).any(dim=-1)
         if nan is None:
             nan = attention
         elif nan.shape == attention.shape:
             nan = nan | attention
     for name, layers in (("health.layers.nan", nan), ("health.layers.inf", inf)):
         if layers is not None:
-            values[name] = layers.T.float()
-            found.append(layers.any(dim=0))
+            values[name] = layers.transpose(1, 2).float()
+            found.append(layers.any(dim=1))
     if found:
         values["health.nonfinite"] = torch.stack(found).any(dim=0).float()
     return values
+
+
+def nonfinite_step_values(step: StepCapture) -> dict[str, torch.Tensor]:
+    """:func:`nonfinite_block_values` of one step: ``(rows, ...)`` values."""
+    return {name: value[0] for name, value in nonfinite_block_values(StepBlock.of_steps([step])).items()}
 
 
 @dataclass
@@ -234,13 +247,14 @@ def corevital_generation_start(info: GenerationInfo) -> None:
 
 
 @hookimpl
-def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
     state: HealthState = info.state[COREVITAL_PLUGIN_NAME]
-    values = nonfinite_step_values(step)
-    reference = next((t for t in (step.hidden, step.logits, step.chosen) if t is not None), None)
+    values = nonfinite_block_values(block)
+    reference = next((t for t in (block.hidden, block.logits, block.chosen) if t is not None), None)
     if reference is not None:
-        hidden_last = None if step.hidden is None else step.hidden[-1]
-        similarity, evidence = state.loops.step(hidden_last, step.chosen, step.rows, reference.device)
+        hidden_last = None if block.hidden is None else block.hidden[:, -1]
+        chosen = block.chosen if any(block.chosen_known) else None
+        similarity, evidence = state.loops.block(hidden_last, chosen, block.rows, reference.device)
         values["health.repetition"] = evidence
         if similarity is not None:
             values["health.state_similarity"] = similarity

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, StepCapture, StepSeries, hookimpl
+from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._summary import publish, wants_detail
 
 COREVITAL_PLUGIN_NAME = "hidden_states"
@@ -29,27 +29,33 @@ _ROW_AGGREGATES = (
 )
 
 
-def hidden_step_values(hidden: torch.Tensor, detail: bool) -> dict[str, torch.Tensor]:
-    """Step outputs for ``(layers, rows, dim)`` states: ``(rows,)`` series and ``(rows, layers)`` ones."""
+def hidden_block_values(hidden: torch.Tensor, detail: bool) -> dict[str, torch.Tensor]:
+    """Block outputs for ``(steps, layers, rows, dim)`` states: ``(steps, rows)`` series and
+    ``(steps, rows, layers)`` ones."""
     hidden = hidden.float()
-    l2 = torch.linalg.vector_norm(hidden, dim=-1)
+    l2 = torch.linalg.vector_norm(hidden, dim=-1)  # (steps, layers, rows)
     values = {
-        "hidden_states.l2_norm.last": l2[-1],
-        "hidden_states.l2_norm.max": l2.amax(dim=0),
-        "hidden_states.layers.l2_norm": l2.T,
+        "hidden_states.l2_norm.last": l2[:, -1],
+        "hidden_states.l2_norm.max": l2.amax(dim=1),
+        "hidden_states.layers.l2_norm": l2.transpose(1, 2),
     }
     if detail:
-        values["hidden_states.layers.mean"] = hidden.mean(dim=-1).T
-        values["hidden_states.layers.std"] = hidden.std(dim=-1, correction=0).T
-        values["hidden_states.layers.max_abs"] = hidden.abs().amax(dim=-1).T
+        values["hidden_states.layers.mean"] = hidden.mean(dim=-1).transpose(1, 2)
+        values["hidden_states.layers.std"] = hidden.std(dim=-1, correction=0).transpose(1, 2)
+        values["hidden_states.layers.max_abs"] = hidden.abs().amax(dim=-1).transpose(1, 2)
     return values
 
 
+def hidden_step_values(hidden: torch.Tensor, detail: bool) -> dict[str, torch.Tensor]:
+    """:func:`hidden_block_values` of one step's ``(layers, rows, dim)`` states."""
+    return {name: value[0] for name, value in hidden_block_values(hidden.unsqueeze(0), detail).items()}
+
+
 @hookimpl
-def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
-    if step.hidden is None:
+def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
+    if block.hidden is None:
         return None
-    return hidden_step_values(step.hidden, wants_detail(info))
+    return hidden_block_values(block.hidden, wants_detail(info))
 
 
 @hookimpl

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepCapture, StepSeries, hookimpl
+from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2, entropy_nats
 from corevital_otel.plugins._summary import publish, real_values
 
@@ -32,31 +32,35 @@ _AGGREGATES = (
 
 
 def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per-row statistics of ``(rows, vocab)`` raw logits; ``chosen`` ``(rows,)`` token ids or None."""
+    """Statistics of raw logits ``(..., vocab)`` per leading index (a row, or a step and a row);
+    ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     probs = log_probs.exp()
     entropy = entropy_nats(probs, log_probs) / LN2
     top = probs.topk(min(_TOP_K_MASS, probs.shape[-1]), dim=-1).values
-    second = top[:, 1] if top.shape[-1] > 1 else torch.zeros_like(top[:, 0])
+    second = top[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top[..., 0])
     if chosen is not None:
-        surprisal = -log_probs.gather(-1, chosen.view(-1, 1).long()).squeeze(-1) / LN2
+        chosen = chosen.long()
+        picked = log_probs.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        surprisal = torch.where(chosen >= 0, -picked / LN2, torch.full_like(picked, float("nan")))
     else:
         surprisal = torch.full_like(entropy, float("nan"))
     return {
         "logits.entropy": entropy,
         "logits.perplexity": torch.exp2(entropy),
         "logits.surprisal": surprisal,
-        "logits.margin": top[:, 0] - second,
+        "logits.margin": top[..., 0] - second,
         "logits.top10_mass": top.sum(dim=-1),
-        "logits.max_probability": top[:, 0],
+        "logits.max_probability": top[..., 0],
     }
 
 
-def step_statistics(step: StepCapture) -> dict[str, torch.Tensor]:
-    """:func:`logit_statistics` of a step, computed once per step however many plugins ask."""
-    if "logits.statistics" not in step.memo:
-        step.memo["logits.statistics"] = logit_statistics(step.logits, step.chosen)
-    return step.memo["logits.statistics"]
+def block_statistics(block: StepBlock) -> dict[str, torch.Tensor]:
+    """:func:`logit_statistics` of a block, ``(steps, rows)`` each, computed once however many plugins ask."""
+    if "logits.statistics" not in block.memo:
+        chosen = block.chosen if any(block.chosen_known) else None
+        block.memo["logits.statistics"] = logit_statistics(block.logits, chosen)
+    return block.memo["logits.statistics"]
 
 
 @hookimpl
@@ -80,10 +84,10 @@ def corevital_declare_metrics() -> list[MetricSpec]:
 
 
 @hookimpl
-def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
-    if step.logits is None:
+def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
+    if block.logits is None:
         return None
-    return dict(step_statistics(step))
+    return dict(block_statistics(block))
 
 
 @hookimpl

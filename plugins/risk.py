@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepCapture, StepSeries, hookimpl
+from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins import _inputs, _options, _trends
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
-from corevital_otel.plugins.logits import step_statistics
+from corevital_otel.plugins.logits import block_statistics
 
 COREVITAL_PLUGIN_NAME = "risk"
 
@@ -110,8 +110,9 @@ def _settings(info: GenerationInfo) -> Mapping[str, Any]:
 
 
 def step_risk(statistics: Mapping[str, torch.Tensor], scales: Scales, known_token: bool) -> torch.Tensor:
-    """``(rows,)`` continuous risk of one step from its logit statistics (see logits.step_statistics):
-    on the device, no host sync, and no constant tensors to copy over (scales enter as Python numbers)."""
+    """Continuous risk per step and row from logit statistics (see logits.block_statistics): on the
+    device, no host sync, and no constant tensors to copy over (scales enter as Python numbers). An
+    unknown chosen token (NaN surprisal) is no evidence: it contributes 0."""
     metrics = {
         "entropy": statistics["logits.entropy"],
         "margin": statistics["logits.margin"],
@@ -133,25 +134,38 @@ def corevital_generation_start(info: GenerationInfo) -> None:
     info.state[COREVITAL_PLUGIN_NAME] = {"scales": resolve(info), "ema": None, "broken": None}
 
 
+def running_average(instant: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """``(steps, rows)`` exponential moving average of ``instant`` continuing from ``previous`` ``(rows,)``
+    (the first step starts it when None): one small matmul per block instead of a loop over steps."""
+    steps = instant.shape[0]
+    if previous is None or previous.shape != instant.shape[1:]:
+        previous = instant[0]
+    index = torch.arange(steps, device=instant.device)
+    lag = index[:, None] - index[None, :]
+    keep = 1.0 - RUNNING_ALPHA
+    weights = torch.where(lag >= 0, RUNNING_ALPHA * keep ** lag.clamp(min=0).float(), 0.0)
+    carried = (keep ** (index + 1).float())[:, None] * previous
+    return weights @ instant + carried
+
+
 @hookimpl
-def corevital_step(info: GenerationInfo, step: StepCapture) -> dict[str, torch.Tensor] | None:
+def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
     state = info.state.get(COREVITAL_PLUGIN_NAME)
-    if state is None or step.logits is None or _settings(info).get("running") is False:
+    if state is None or block.logits is None or _settings(info).get("running") is False:
         return None
     if info.capture_mode == "summary" and not info.consumed_live(RUNNING_SERIES):
         return None  # summary mode exports no step series: only a live reader would need it
-    logits = step.logits
-    instant = step_risk(step_statistics(step), state["scales"], step.chosen is not None)
+    logits = block.logits
+    instant = step_risk(block_statistics(block), state["scales"], known_token=True)  # (steps, rows)
     # -inf is a legitimate logit mask; NaN and +inf are breakage.
     broken = (logits.isnan() | logits.isposinf()).any(dim=-1)
-    if step.hidden is not None:  # (layers, rows, hidden): a NaN in any layer counts
-        broken |= (~torch.isfinite(step.hidden).all(dim=-1).all(dim=0)).to(broken.device)
-    previous, seen = state["ema"], state["broken"]
-    if previous is None or previous.shape != instant.shape:
-        ema, seen = instant, broken
-    else:
-        ema, seen = RUNNING_ALPHA * instant + (1.0 - RUNNING_ALPHA) * previous, seen | broken
-    state["ema"], state["broken"] = ema, seen
+    if block.hidden is not None:  # (steps, layers, rows, hidden): a NaN in any layer counts
+        broken |= (~torch.isfinite(block.hidden).all(dim=-1).all(dim=1)).to(broken.device)
+    ema = running_average(instant, state["ema"])
+    if state["broken"] is not None and state["broken"].shape == broken.shape[1:]:
+        broken = broken | state["broken"]
+    seen = torch.cummax(broken.to(torch.uint8), dim=0).values.bool()
+    state["ema"], state["broken"] = ema[-1], seen[-1]
     return {RUNNING_SERIES: torch.where(seen, torch.ones_like(ema), ema)}
 
 

@@ -1,4 +1,4 @@
-"""What the capture hands to plugins: one record per generated step and one for the prompt."""
+"""What the capture hands to plugins: blocks of generated steps, one step's view of them, and the prompt."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import query_probabilities
+from .attention_math import query_probabilities
 
 
 @dataclass
@@ -37,6 +37,84 @@ class StepCapture:
     # Scratch shared by the plugins for this one step (e.g. one log-softmax that several plugins read),
     # so two plugins never compute the same thing twice. Gone with the step.
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass
+class StepBlock:
+    """Consecutive generated steps ``start .. start + steps - 1``, still on the model's device.
+
+    Each field is the matching :class:`StepCapture` field with a leading steps dimension:
+
+    - ``logits`` ``(steps, rows, vocab)``, ``hidden`` ``(steps, layers, rows, hidden)``,
+      ``attention`` ``(steps, layers, rows, heads, keys)`` (zero beyond each step's own keys),
+      ``attention_keys`` ``(steps, layers, rows)``;
+    - ``chosen`` ``(steps, rows)`` token ids, ``-1`` where the chosen token is not known
+      (``chosen_known[i]`` says whether step ``start + i`` has them).
+
+    The capture stashes each step's raw values as the model runs and hands them over in blocks (every few
+    steps and at the end; every step when something reads step values live), so a plugin computes its
+    step series with a few vectorised operations per block instead of per token.
+    """
+
+    start: int
+    steps: int
+    rows: int
+    logits: torch.Tensor | None
+    hidden: torch.Tensor | None
+    attention: torch.Tensor | None
+    attention_keys: torch.Tensor | None
+    chosen: torch.Tensor | None
+    chosen_known: tuple[bool, ...] = ()
+    # Scratch shared by the plugins for this block (e.g. one log-softmax that several plugins read).
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def step(self, offset: int) -> StepCapture:
+        """Step ``start + offset`` as a :class:`StepCapture` (views, no copies)."""
+
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[offset]
+
+        known = self.chosen is not None and offset < len(self.chosen_known) and self.chosen_known[offset]
+        return StepCapture(
+            index=self.start + offset,
+            rows=self.rows,
+            logits=pick(self.logits),
+            hidden=pick(self.hidden),
+            attention=pick(self.attention),
+            attention_keys=pick(self.attention_keys),
+            chosen=pick(self.chosen) if known else None,
+        )
+
+    @classmethod
+    def of_steps(cls, steps: list[StepCapture]) -> StepBlock:
+        """Stack consecutive :class:`StepCapture` records into a block (for tests and adapters)."""
+        first = steps[0]
+
+        def stack(name: str) -> torch.Tensor | None:
+            values = [getattr(step, name) for step in steps]
+            return None if any(value is None for value in values) else torch.stack(values)
+
+        known = tuple(step.chosen is not None for step in steps)
+        chosen = None
+        if any(known):
+            reference = next(step.chosen for step in steps if step.chosen is not None)
+            chosen = torch.stack(
+                [
+                    step.chosen.long() if step.chosen is not None else torch.full_like(reference.long(), -1)
+                    for step in steps
+                ]
+            )
+        return cls(
+            start=first.index,
+            steps=len(steps),
+            rows=first.rows,
+            logits=stack("logits"),
+            hidden=stack("hidden"),
+            attention=stack("attention"),
+            attention_keys=stack("attention_keys"),
+            chosen=chosen,
+            chosen_known=known,
+        )
 
 
 @dataclass

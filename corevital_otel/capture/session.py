@@ -1,9 +1,11 @@
-"""Capture for one generate() call: hooks in, one StepCapture per generated token, hooks out.
+"""Capture for one generate() call: hooks in, steps stashed as the model runs, blocks handed on, hooks out.
 
 Step ``s`` is the forward pass that produced the logits for generated token ``s`` (step 0 is the prefill
 pass, or the first decoder pass of a seq2seq model). The token chosen at step ``s`` only appears as the
-input of step ``s + 1`` (or in the returned sequences), so each step is handed on one forward pass late,
-complete with its chosen token.
+input of step ``s + 1`` (or in the returned sequences). The hooks copy each step's new position into a
+:class:`~.stash.StepStash`; when it is full (and at the end) it is folded into :class:`StepBlock` records,
+complete with their chosen tokens, and handed on. A block is one step long when something reads step
+values live (``max_block_steps=1``).
 
 Every hook body is guarded: a failure in capture is recorded and that capture kind switched off for the
 rest of the call; it never reaches the caller's generate().
@@ -21,12 +23,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from .active import ACTIVE_CAPTURE
-from .attention import new_query_probabilities
 from .layers import ModelLayout
-from .records import AttentionInputs, PromptCapture, StepCapture
+from .records import AttentionInputs, PromptCapture, StepBlock
+from .stash import StepStash, new_layer_keys
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,6 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor:
-    """Stack per-layer ``(rows, heads, keys)`` tensors, zero-padding layers that saw fewer keys."""
-    widest = max(row.shape[-1] for row in rows)
-    if all(row.shape[-1] == widest for row in rows):
-        return torch.stack(rows)
-    return torch.stack([functional.pad(row, (0, widest - row.shape[-1])) for row in rows])
-
-
 class CaptureSession:
     """Hooks one model for one generate() call and turns its forward passes into StepCaptures."""
 
@@ -69,9 +62,12 @@ class CaptureSession:
         model: nn.Module,
         layout: ModelLayout,
         switches: CaptureSwitches,
-        deliver_step: Callable[[StepCapture], None],
+        deliver_block: Callable[[StepBlock], None],
         is_encoder_decoder: bool,
         logged_failures: set[str] | None = None,
+        deliver_prompt: Callable[[], None] | None = None,
+        max_block_steps: int = 1,
+        per_step_attention: bool = False,
     ) -> None:
         self.model = model
         # Capture kinds whose failure was already logged: shared by the calls of one instrumentation,
@@ -79,7 +75,11 @@ class CaptureSession:
         self._logged_failures = set() if logged_failures is None else logged_failures
         self.layout = layout
         self.switches = switches
-        self.deliver_step = deliver_step
+        self.deliver_block = deliver_block
+        self.deliver_prompt = deliver_prompt
+        self.max_block_steps = max(1, max_block_steps)
+        # Beam search reorders the cache between steps: each step's attention is scored on its own keys.
+        self.per_step_attention = per_step_attention
         self.is_encoder_decoder = is_encoder_decoder
         self.started = time.perf_counter()
         self.step_seconds: list[float] = []
@@ -87,11 +87,10 @@ class CaptureSession:
         self.steps_seen = 0
         self.attention_steps = 0  # steps with every layer's attention row: 0 means the kernel bypassed us
         self.cache: Any = None  # the last ``past_key_values`` the model's forward got: a reference, no copy
-        self._pending: StepCapture | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._hidden: list[torch.Tensor | None] = [None] * layout.num_layers
-        self._attention: list[torch.Tensor | None] = [None] * layout.num_layers
-        self._attention_keys: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._layer_keys = new_layer_keys(layout.num_layers)
+        self._stash = self._new_stash(0)
+        self._prompt_pending = switches.prompt
         # Prompt internals, referenced (not copied) while the prefill/encoder pass runs, released after use.
         self.prompt_hidden: dict[int, torch.Tensor] = {}
         self.prompt_attention: dict[int, AttentionInputs] = {}
@@ -177,14 +176,37 @@ class CaptureSession:
             self._handles.clear()
 
     def finish(self, final_tokens: torch.Tensor | None) -> None:
-        """Deliver the last step, whose chosen token is only known from the returned sequences."""
-        if self._pending is not None:
-            chosen = (
-                final_tokens
-                if final_tokens is not None and final_tokens.shape[0] == self._pending.rows
-                else None
-            )
-            self._complete_pending(chosen)
+        """Hand on what is left: the prompt if still pending, then the last block, whose last step's
+        chosen token is only known from the returned sequences."""
+        try:
+            self._prompt_done()
+            self._stash.put_chosen(final_tokens)
+            self._flush()
+        finally:
+            self._stash.release()
+
+    def _new_stash(self, start: int) -> StepStash:
+        return StepStash(start, self.layout.num_layers, self.max_block_steps, self._layer_keys)
+
+    def _prompt_done(self) -> None:
+        if self._prompt_pending:
+            self._prompt_pending = False
+            if self.deliver_prompt is not None:
+                self.deliver_prompt()
+
+    def _flush(self) -> StepBlock | None:
+        """Fold the stash into blocks, start a new one, and hand the blocks on; returns the last."""
+        stash = self._stash
+        if not stash.filled:
+            return None
+        self._stash = self._new_stash(stash.start + stash.filled)
+        blocks = stash.fold()
+        if stash.attention_error is not None:
+            self.fail("attention", stash.attention_error)
+        self.attention_steps += sum(block.steps for block in blocks if block.attention is not None)
+        for block in blocks:
+            self.deliver_block(block)
+        return blocks[-1] if blocks else None
 
     def fail(self, kind: str, error: BaseException) -> None:
         if kind not in self.failures:
@@ -211,18 +233,18 @@ class CaptureSession:
             cache = kwargs.get("past_key_values")
             if cache is not None:
                 self.cache = cache
-            if self._pending is not None:
+            stash = self._stash
+            if stash.awaits_chosen:
                 name = "decoder_input_ids" if self.is_encoder_decoder else "input_ids"
                 ids = kwargs.get(name)
                 if ids is None and args and not self.is_encoder_decoder:
                     ids = args[0]
-                chosen = (
-                    ids[:, -1]
-                    if isinstance(ids, torch.Tensor) and ids.shape[0] == self._pending.rows
-                    else None
-                )
-                self._complete_pending(chosen)
-            self._reset_layer_buffers()
+                if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+                    stash.put_chosen(ids[:, -1])
+            if self.steps_seen:
+                self._prompt_done()
+            if stash.full:
+                self._flush()
         except Exception as error:  # noqa: BLE001 - capture must never break generation
             self.fail("steps", error)
 
@@ -232,25 +254,14 @@ class CaptureSession:
         output = kwargs_and_output[-1]
         self.step_seconds.append(time.perf_counter() - self.started)
         try:
-            logits = getattr(output, "logits", None)
-            if logits is None:
-                logits = _first_tensor(output)
-            if logits is None:
-                raise TypeError(f"forward output {type(output).__name__} has no logits")
-            last_logits = (
-                logits[:, -1, :].float() if self.switches.logits and "logits" not in self.failures else None
-            )
-            attention = self._collect_attention()
-            self.attention_steps += attention is not None
-            self._pending = StepCapture(
-                index=self.steps_seen,
-                rows=int(logits.shape[0]),
-                logits=last_logits,
-                hidden=self._collect_hidden(),
-                attention=attention,
-                attention_keys=self._collect_attention_keys(),
-                chosen=None,
-            )
+            if self.switches.logits and "logits" not in self.failures:
+                logits = getattr(output, "logits", None)
+                if logits is None:
+                    logits = _first_tensor(output)
+                if logits is None:
+                    raise TypeError(f"forward output {type(output).__name__} has no logits")
+                self._stash.put_logits(logits[:, -1, :])
+            self._stash.close_slot()
             self.steps_seen += 1
         except Exception as error:  # noqa: BLE001
             self.fail("steps", error)
@@ -261,7 +272,7 @@ class CaptureSession:
         try:
             hidden = _first_tensor(output)
             if hidden is not None and hidden.dim() == 3:
-                self._hidden[index] = hidden[:, -1, :]
+                self._stash.put_hidden(index, hidden[:, -1, :])
                 if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                     self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001
@@ -287,16 +298,7 @@ class CaptureSession:
                 return
             if self._in_prefill() and self._prompt_fits(query.shape[2]):
                 self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
-            probs, key_counts = new_query_probabilities(
-                query,
-                key,
-                mask,
-                kwargs.get("scaling"),
-                position_bias=kwargs.get("position_bias"),
-                softcap=kwargs.get("softcap"),
-            )
-            self._attention[layer] = probs
-            self._attention_keys[layer] = key_counts
+            self._stash.put_attention(layer, query, key, mask, kwargs, self.per_step_attention)
         except Exception as error:  # noqa: BLE001
             self.fail("attention", error)
 
@@ -320,39 +322,10 @@ class CaptureSession:
             is_causal=bool(getattr(module, "is_causal", causal)) and causal,
         )
 
-    # -- assembling a step -----------------------------------------------------------------------
-
-    def _reset_layer_buffers(self) -> None:
-        for buffer in (self._hidden, self._attention, self._attention_keys):
-            for index in range(len(buffer)):
-                buffer[index] = None
-
-    def _collect_hidden(self) -> torch.Tensor | None:
-        if not self.switches.hidden_states or not self._hidden or any(h is None for h in self._hidden):
+    def deliver_pending(self, chosen: torch.Tensor | None) -> StepBlock | None:
+        """Hand the stashed steps on now (a stopping criterion knows the last one's chosen token already)."""
+        if not self._is_mine():
             return None
-        return torch.stack(self._hidden).float()  # type: ignore[arg-type]
-
-    def _collect_attention(self) -> torch.Tensor | None:
-        if not self.switches.attention or not self._attention or any(a is None for a in self._attention):
-            return None
-        return _stack_padded(self._attention)  # type: ignore[arg-type]
-
-    def _collect_attention_keys(self) -> torch.Tensor | None:
-        if not self._attention_keys or any(k is None for k in self._attention_keys):
-            return None
-        return torch.stack(self._attention_keys)  # type: ignore[arg-type]
-
-    def deliver_pending(self, chosen: torch.Tensor | None) -> StepCapture | None:
-        """Hand the pending step on now (a stopping criterion knows its chosen token already)."""
-        if not self._is_mine() or self._pending is None:
-            return None
-        return self._complete_pending(chosen)
-
-    def _complete_pending(self, chosen: torch.Tensor | None) -> StepCapture | None:
-        step = self._pending
-        self._pending = None
-        if step is None:
-            return None
-        step.chosen = chosen
-        self.deliver_step(step)
-        return step
+        self._stash.put_chosen(chosen)
+        self._prompt_done()
+        return self._flush()

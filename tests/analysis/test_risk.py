@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from corevital_otel.capture.records import StepCapture
+from corevital_otel.capture.records import StepBlock, StepCapture
 from corevital_otel.plugins import risk
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import FAMILY_SCALES, METRICS
@@ -124,28 +124,56 @@ def _Step(logits, hidden=None, chosen=None) -> StepCapture:  # noqa: N802 - read
     return StepCapture(0, logits.shape[0], logits, hidden, None, None, chosen)
 
 
+def _running(info, *steps: StepCapture):
+    """The running risk of ``steps`` handed over as one block, ``(steps, rows)``, or None."""
+    values = risk.corevital_steps(info, StepBlock.of_steps(list(steps)))
+    return None if values is None else values[risk.RUNNING_SERIES]
+
+
+def _step_running(info, step: StepCapture):
+    return _running(info, step)[0]
+
+
 def test_running_risk_is_an_ema_and_sticks_at_one_after_nan():
     info = make_info(rows=2)
     risk.corevital_generation_start(info)
     flat = torch.zeros(2, 50)  # uniform: high entropy, zero margin
-    first = risk.corevital_step(info, _Step(flat))[risk.RUNNING_SERIES]
+    first = _step_running(info, _Step(flat))
     peaked = torch.full((2, 50), -30.0)
     peaked[:, 0] = 30.0
-    second = risk.corevital_step(info, _Step(peaked, chosen=torch.zeros(2, dtype=torch.long)))
-    second = second[risk.RUNNING_SERIES]
+    second = _step_running(info, _Step(peaked, chosen=torch.zeros(2, dtype=torch.long)))
     assert torch.allclose(second, (1 - risk.RUNNING_ALPHA) * first, atol=1e-5)  # peaked scores 0
     hidden = torch.zeros(2, 2, 8)  # (layers, rows, hidden)
     hidden[1, 0, 3] = float("nan")  # row 0 breaks in layer 1
-    third = risk.corevital_step(info, _Step(peaked, hidden=hidden))[risk.RUNNING_SERIES]
+    third = _step_running(info, _Step(peaked, hidden=hidden))
     assert third[0] == 1.0 and third[1] < 1.0
-    fourth = risk.corevital_step(info, _Step(peaked))[risk.RUNNING_SERIES]
+    fourth = _step_running(info, _Step(peaked))
     assert fourth[0] == 1.0  # sticky
+
+
+def test_running_risk_of_a_block_equals_stepping_one_by_one():
+    torch.manual_seed(3)
+    steps = []
+    for index in range(7):
+        logits = torch.randn(2, 50) * (1 + index)
+        hidden = torch.randn(2, 2, 8)
+        if index == 4:
+            hidden[0, 1, 2] = float("nan")  # row 1 breaks at step 4
+        steps.append(StepCapture(index, 2, logits, hidden, None, None, torch.tensor([index, 1])))
+    one_by_one = make_info(rows=2)
+    risk.corevital_generation_start(one_by_one)
+    expected = torch.stack([_step_running(one_by_one, step) for step in steps])
+    blocks = make_info(rows=2)
+    risk.corevital_generation_start(blocks)
+    got = torch.cat([_running(blocks, *steps[:3]), _running(blocks, *steps[3:])])
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert got[4:, 1].tolist() == [1.0, 1.0, 1.0] and got[:4, 1].lt(1.0).all()
 
 
 def test_running_risk_can_be_switched_off():
     info = make_info(rows=1, risk={"running": False})
     risk.corevital_generation_start(info)
-    assert risk.corevital_step(info, _Step(torch.zeros(1, 5))) is None
+    assert _running(info, _Step(torch.zeros(1, 5))) is None
 
 
 def test_assess_publishes_scores_levels_factors_and_metrics():
@@ -215,7 +243,7 @@ def test_masked_logits_are_not_breakage():
     risk.corevital_generation_start(info)
     logits = torch.zeros(1, 50)
     logits[0, 10:] = float("-inf")  # a model masking part of its vocabulary
-    running = risk.corevital_step(info, _Step(logits))[risk.RUNNING_SERIES]
+    running = _step_running(info, _Step(logits))
     assert float(running[0]) < 1.0
     logits[0, 3] = float("inf")
-    assert float(risk.corevital_step(info, _Step(logits))[risk.RUNNING_SERIES][0]) == 1.0
+    assert float(_step_running(info, _Step(logits.clone()))[0]) == 1.0

@@ -127,7 +127,10 @@ def test_declared_budget_groups_the_metrics(instrumented, llama):
 
 
 def test_offloaded_cache_type():
-    cache = transformers.DynamicCache(offloading=True)
+    # DynamicCache(offloading=True) opens a device stream at construction, which fails under a CUDA build
+    # of torch without a driver (PyPI's torch on these machines): set the flag the way the cache keeps it.
+    cache = transformers.DynamicCache()
+    cache.offloading = True
     # Filled through the layer: the cache's own update would offload to a CUDA stream.
     cache.layers.append(transformers.cache_utils.DynamicLayer())
     cache.layers[0].update(torch.zeros(1, KV_HEADS, 3, HEAD_DIM), torch.zeros(1, KV_HEADS, 3, HEAD_DIM))

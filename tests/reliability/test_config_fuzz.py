@@ -15,7 +15,13 @@ from transformers.generation.utils import GenerationMixin
 
 import corevital_otel
 from corevital_otel import ConfigError, Options
-from corevital_otel.config import CAPTURE_MODES, CONTENT_MODES, ENVIRONMENT_VARIABLES, resolve_options
+from corevital_otel.config import (
+    CAPTURE_MODES,
+    CONTENT_MODES,
+    ENVIRONMENT_VARIABLES,
+    MAX_BLOCK_STEPS,
+    resolve_options,
+)
 from corevital_otel.intervention import POLICIES
 
 FUZZ = settings(max_examples=150, deadline=None, database=None)
@@ -66,6 +72,8 @@ def _assert_valid(option: str, value: Any) -> None:
         assert isinstance(value, float) and math.isfinite(value) and 0.0 < value <= 1.0
     elif option in ("prompt_max_tokens", "max_step_events"):
         assert type(value) is int and value >= 0
+    elif option == "block_steps":
+        assert type(value) is int and 1 <= value <= MAX_BLOCK_STEPS
     else:
         assert type(value) is bool, option
 

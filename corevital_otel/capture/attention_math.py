@@ -1,0 +1,122 @@
+"""Attention weights of chosen query rows, from the query/key tensors a layer's attention function saw.
+
+Pure maths on tensors: no transformers, no capture state. The capture uses it per step (when it must) or
+for a block of stashed query rows at once; the prompt capture uses it on demand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """q·Kᵀ·scale, ``(rows, heads, q_len, keys)`` float32; grouped KV heads are read, not repeated."""
+    rows, heads, q_len, dim = query.shape
+    kv_heads, num_keys = key.shape[1], key.shape[2]
+    q = query.float().reshape(rows, kv_heads, heads // kv_heads * q_len, dim)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(rows, heads, q_len, num_keys)
+    return scores * (scaling if scaling is not None else 1.0 / math.sqrt(dim))
+
+
+def query_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    position_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    queries: slice | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """Softmax attention weights ``(rows, heads, q, keys)`` float32 for the selected query positions.
+
+    ``query`` is ``(rows, heads, q_len, dim)``, ``key`` ``(rows, kv_heads, keys, dim)`` with grouped-query
+    heads not repeated (query head h reads kv head h // (heads / kv_heads)). ``attention_mask`` is boolean
+    (True = may attend) or additive float, broadcastable to ``(rows, heads, q_len, keys)``; when it is None
+    and ``is_causal``, query i (aligned to the end of the keys) sees keys up to its own position.
+    Keys a query may not attend to get weight exactly 0; a query with no allowed key gets all zeros.
+    """
+    q_len, num_keys = query.shape[2], key.shape[2]
+    selected = range(q_len)[queries] if queries is not None else range(q_len)
+    sub_query = query[:, :, selected.start : selected.stop : selected.step]
+    scores = _scores(sub_query, key, scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    index = torch.arange(selected.start, selected.stop, selected.step, device=query.device)
+    if position_bias is not None:
+        scores = scores + position_bias[:, :, index, :num_keys].float()
+    if attention_mask is not None:
+        mask = (
+            attention_mask[:, :, index, :num_keys]
+            if attention_mask.shape[2] > 1
+            else attention_mask[..., :num_keys]
+        )
+        if mask.dtype == torch.bool:
+            allowed = mask
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        else:
+            scores = scores + mask.float()
+            allowed = mask > torch.finfo(mask.dtype).min / 2
+    elif is_causal:
+        positions = index + (num_keys - q_len)
+        allowed = torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None]
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    else:
+        return torch.softmax(scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    # A fully masked query would be NaN from softmax(-inf...); it has no keys, so report zeros.
+    return torch.where(allowed, probs, torch.zeros((), device=probs.device))
+
+
+def new_query_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    position_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the last query, ``(rows, heads, keys)``, and how many keys each row may attend to."""
+    num_keys = key.shape[2]
+    if attention_mask is None and position_bias is None and softcap is None:
+        # The common decode step (no padding): the last query sees every key; skip the general path.
+        scores = _scores(query[:, :, -1:, :], key, scaling)[:, :, 0, :]
+        key_counts = torch.full((query.shape[0],), num_keys, device=query.device, dtype=torch.int64)
+        return torch.softmax(scores, dim=-1), key_counts
+    probs = query_probabilities(
+        query, key, attention_mask, scaling, position_bias, softcap, queries=slice(-1, None)
+    )[:, :, 0, :]
+    if attention_mask is None:
+        key_counts = torch.full((query.shape[0],), num_keys, device=query.device, dtype=torch.int64)
+    else:
+        mask = attention_mask[:, :1, -1, :num_keys]
+        allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+        key_counts = allowed.expand(query.shape[0], 1, num_keys)[:, 0, :].sum(dim=-1)
+    return probs, key_counts
+
+
+def block_probabilities(
+    queries: torch.Tensor,
+    key: torch.Tensor,
+    allowed: torch.Tensor,
+    additive: torch.Tensor | None,
+    scaling: float | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Weights ``(rows, heads, n, keys)`` of ``n`` stashed query rows against one key tensor.
+
+    ``queries`` is ``(rows, heads, n, dim)``: the newest query row of ``n`` consecutive steps, all scored
+    against the latest (append-only) ``key`` ``(rows, kv_heads, keys, dim)``. ``allowed`` (boolean,
+    broadcastable to ``(rows, heads, n, keys)``) says which keys each step's row could attend to (its own
+    key count, padding); ``additive`` is a float mask to add, or None. Same results as
+    :func:`query_probabilities` on each step's own keys: disallowed keys get weight exactly 0.
+    """
+    scores = _scores(queries, key, scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if additive is not None:
+        scores = scores + additive
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.where(allowed, probs, torch.zeros((), device=probs.device))

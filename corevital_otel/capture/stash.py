@@ -1,0 +1,299 @@
+"""The block of steps being captured: buffers the hooks copy each new position into, folded in one pass.
+
+Per step the hooks do only what cannot wait: copy the new position's raw logits, each layer's hidden
+vector and each layer's newest query row into preallocated buffers, and keep a reference to the key
+tensor the layer attended with. Every few steps (and at the end) ``fold`` scores all stashed query rows
+of a layer against its latest keys in one matmul and hands the block on as a :class:`StepBlock`.
+
+Scoring later against the latest keys is exact only while the cache is append-only: step ``s``'s keys
+are the first ``n_s`` keys of every later step. A layer whose key count does not grow by one per step
+(sliding windows, cropping, static caches), beam search (which reorders the cache), a position bias or a
+cache type not known to append are scored at once, per step, on the keys that step saw ("settled").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional
+
+from .attention_math import block_probabilities, new_query_probabilities
+from .records import StepBlock
+
+# The memory one kind of buffer (or a block's attention weights) may take: blocks get shorter than the
+# configured number of steps for wide batches, long contexts and large vocabularies.
+BUFFER_BUDGET_BYTES = 32 * 2**20
+_FLOAT_BYTES = 4
+
+
+def _capacity_for(bytes_per_step: int) -> int:
+    return max(1, BUFFER_BUDGET_BYTES // max(1, bytes_per_step))
+
+
+@dataclass
+class _LayerKeys:
+    """One layer's attention bookkeeping across steps (it outlives blocks)."""
+
+    key: torch.Tensor | None = None  # the latest key tensor the layer attended with: a reference
+    key_count: int | None = None
+    scaling: float | None = None
+    softcap: float | None = None
+    pending: list[int] = field(default_factory=list)  # slots waiting to be scored against ``key``
+    masks: dict[int, torch.Tensor | None] = field(default_factory=dict)  # slot -> the mask it saw
+    # Scored runs of slots: (first slot, weights (n, rows, heads, keys), key counts (n, rows)).
+    settled: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def _mask_row(mask: torch.Tensor | None, count: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(allowed ``(r, h, count)`` bool, additive float or None) of the newest query row of a 4-D mask."""
+    if mask is None:
+        return None, None
+    row = mask[:, :, -1, :count]
+    if row.dtype == torch.bool:
+        return row, None
+    return row > torch.finfo(row.dtype).min / 2, row.float()
+
+
+class StepStash:
+    """Buffers for up to ``capacity`` steps starting at step ``start``."""
+
+    def __init__(self, start: int, num_layers: int, max_steps: int, keys: list[_LayerKeys]) -> None:
+        self.start = start
+        self.num_layers = num_layers
+        self.capacity = max_steps
+        self.filled = 0  # completed slots; the slot being written is ``filled``
+        self.rows: int | None = None
+        self.logits: torch.Tensor | None = None
+        self.hidden: torch.Tensor | None = None
+        self.queries: torch.Tensor | None = None
+        self.chosen: torch.Tensor | None = None
+        self.chosen_known: list[bool] = []
+        self.hidden_layers: list[int] = []  # per slot: layers whose hidden vector was copied
+        self.attention_layers: list[int] = []  # per slot: layers whose attention was stashed or settled
+        self.keys = keys  # shared with the session: per-layer state outlives the block
+        self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        return self.filled >= self.capacity
+
+    def _slot_counters(self) -> None:
+        while len(self.hidden_layers) <= self.filled:
+            self.hidden_layers.append(0)
+            self.attention_layers.append(0)
+            self.chosen_known.append(False)
+
+    def _allocate(
+        self, shape: tuple[int, ...], like: torch.Tensor, extra_bytes_per_step: int = 0
+    ) -> torch.Tensor:
+        step_bytes = _FLOAT_BYTES * int(torch.Size(shape).numel()) + extra_bytes_per_step
+        if self.filled == 0:  # the block can still be shortened: nothing is stashed beyond slot 0
+            self.capacity = min(self.capacity, _capacity_for(step_bytes))
+        return torch.empty((self.capacity, *shape), dtype=torch.float32, device=like.device)
+
+    def _check_rows(self, rows: int) -> None:
+        if self.rows is None:
+            self.rows = rows
+        elif rows != self.rows:
+            raise ValueError(f"{rows} rows in a forward pass of a {self.rows}-row generation")
+
+    def put_hidden(self, layer: int, hidden: torch.Tensor) -> None:
+        """``hidden`` ``(rows, dim)``: layer ``layer``'s output at the new position."""
+        self._check_rows(hidden.shape[0])
+        if self.hidden is None:
+            self.hidden = self._allocate((self.num_layers, *hidden.shape), hidden)
+        self._slot_counters()
+        self.hidden[self.filled, layer].copy_(hidden)
+        self.hidden_layers[self.filled] += 1
+
+    def put_logits(self, logits: torch.Tensor) -> None:
+        """``logits`` ``(rows, vocab)``: the raw logits of the new position."""
+        self._check_rows(logits.shape[0])
+        if self.logits is None:
+            self.logits = self._allocate(tuple(logits.shape), logits)
+        self._slot_counters()
+        self.logits[self.filled].copy_(logits)
+
+    def put_attention(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None,
+        kwargs: dict,
+        per_step: bool,
+    ) -> None:
+        """The layer's query ``(rows, heads, q_len, dim)`` and keys ``(rows, kv_heads, keys, dim)``."""
+        self._check_rows(query.shape[0])
+        self._slot_counters()
+        state = self.keys[layer]
+        count = key.shape[2]
+        position_bias, softcap = kwargs.get("position_bias"), kwargs.get("softcap")
+        appends = state.key_count is None or count == state.key_count + query.shape[2]
+        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
+        if per_step or position_bias is not None or not appends:
+            self.settle(layer)  # the pending rows' keys are about to change: score them on the old ones
+            probs, counts = new_query_probabilities(
+                query, key, mask, kwargs.get("scaling"), position_bias=position_bias, softcap=softcap
+            )
+            state.settled.append((self.filled, probs[None], counts[None]))
+        else:
+            if self.queries is None:
+                rows, heads, _, dim = query.shape
+                weights = self.num_layers * rows * heads * (count + self.capacity) * _FLOAT_BYTES
+                self.queries = self._allocate((self.num_layers, rows, heads, dim), query, weights)
+            self.queries[self.filled, layer].copy_(query[:, :, -1, :])
+            state.pending.append(self.filled)
+            state.masks[self.filled] = mask
+        state.key, state.key_count = key, count
+        state.scaling, state.softcap = kwargs.get("scaling"), softcap
+        self.attention_layers[self.filled] += 1
+
+    @property
+    def awaits_chosen(self) -> bool:
+        """Whether the last completed step still waits for its chosen token."""
+        return bool(self.filled) and not self.chosen_known[self.filled - 1]
+
+    def put_chosen(self, chosen: torch.Tensor | None) -> None:
+        """``chosen`` ``(rows,)``: the token the last completed step chose (ignored if it does not fit)."""
+        if chosen is None or not self.awaits_chosen or chosen.shape[0] != self.rows:
+            return
+        if self.chosen is None:
+            shape = (self.capacity, chosen.shape[0])
+            self.chosen = torch.full(shape, -1, dtype=torch.long, device=chosen.device)
+        self.chosen[self.filled - 1].copy_(chosen)
+        self.chosen_known[self.filled - 1] = True
+
+    def close_slot(self) -> None:
+        self._slot_counters()
+        self.filled += 1
+
+    # -- folding ---------------------------------------------------------------------------------
+
+    def settle(self, layer: int) -> None:
+        """Score layer ``layer``'s pending query rows now, against the keys it holds."""
+        state = self.keys[layer]
+        if not state.pending or state.key is None or self.queries is None or state.key_count is None:
+            state.pending.clear()
+            return
+        slots = list(state.pending)
+        last = state.key_count
+        first = last - (len(slots) - 1)  # append-only: one more key per pending step
+        queries = self.queries[slots[0] : slots[-1] + 1, layer].permute(1, 2, 0, 3)  # (rows, heads, n, dim)
+        positions = torch.arange(last, device=queries.device)
+        steps = torch.arange(len(slots), device=queries.device)
+        allowed = (positions[None, :] - steps[:, None] < first)[None, None]  # (1, 1, n, keys)
+        additive = None
+        masks = [state.masks.pop(slot) for slot in slots]
+        if any(mask is not None for mask in masks):
+            allowed, additive = self._with_masks(allowed, masks, first)
+        probs = block_probabilities(queries, state.key, allowed, additive, state.scaling, state.softcap)
+        counts = allowed.expand(probs.shape[0], 1, -1, -1)[:, 0].sum(dim=-1)  # (rows, n)
+        state.settled.append((slots[0], probs.permute(2, 0, 1, 3), counts.T))
+        state.pending.clear()
+
+    @staticmethod
+    def _with_masks(
+        allowed: torch.Tensor, masks: list[torch.Tensor | None], first: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        keys = allowed.shape[-1]
+        rows_allowed: list[torch.Tensor] = []
+        rows_additive: list[torch.Tensor | None] = []
+        for offset, mask in enumerate(masks):
+            count = first + offset
+            row_allowed, row_additive = _mask_row(mask, count)
+            if row_allowed is None:
+                row_allowed = torch.ones((1, 1, count), dtype=torch.bool, device=allowed.device)
+            rows_allowed.append(functional.pad(row_allowed, (0, keys - count), value=False))
+            if row_additive is not None:
+                row_additive = functional.pad(row_additive, (0, keys - count))
+            rows_additive.append(row_additive)
+        leading = torch.broadcast_shapes(*(row.shape[:2] for row in rows_allowed))
+        stacked = torch.stack([row.expand(*leading, keys) for row in rows_allowed], dim=2)
+        additive = None
+        if any(row is not None for row in rows_additive):
+            zeros = torch.zeros((1, 1, keys), device=allowed.device)
+            additive = torch.stack(
+                [(zeros if row is None else row).expand(*leading, keys) for row in rows_additive], dim=2
+            )
+        return allowed & stacked, additive
+
+    def fold(self) -> list[StepBlock]:
+        """The filled slots as blocks; runs of slots with the same captured kinds stay together."""
+        steps = self.filled
+        if steps == 0 or self.rows is None:
+            return []
+        self._slot_counters()
+        try:
+            attention, attention_keys = self._attention(steps)
+        except Exception as error:  # noqa: BLE001 - the session reports it; the other kinds go on
+            self.attention_error, attention, attention_keys = error, None, None
+            for state in self.keys:
+                state.pending.clear()
+                state.settled.clear()
+        complete_hidden = [self.hidden_layers[i] == self.num_layers for i in range(steps)]
+        complete_attention = [self.attention_layers[i] == self.num_layers for i in range(steps)]
+        blocks = []
+        begin = 0
+        for end in range(1, steps + 1):
+            if end < steps and (
+                complete_hidden[end] == complete_hidden[begin]
+                and complete_attention[end] == complete_attention[begin]
+            ):
+                continue
+            window = slice(begin, end)
+            has_hidden = self.hidden is not None and complete_hidden[begin]
+            has_attention = attention is not None and complete_attention[begin]
+            blocks.append(
+                StepBlock(
+                    start=self.start + begin,
+                    steps=end - begin,
+                    rows=self.rows,
+                    logits=None if self.logits is None else self.logits[window],
+                    hidden=self.hidden[window] if has_hidden else None,  # type: ignore[index]
+                    attention=attention[window] if has_attention else None,  # type: ignore[index]
+                    attention_keys=attention_keys[window] if has_attention else None,  # type: ignore[index]
+                    chosen=None if self.chosen is None else self.chosen[window],
+                    chosen_known=tuple(self.chosen_known[begin:end]),
+                )
+            )
+            begin = end
+        return blocks
+
+    def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key counts."""
+        if not any(self.attention_layers[:steps]):
+            return None, None
+        for layer in range(self.num_layers):
+            self.settle(layer)
+        runs = [self.keys[layer].settled for layer in range(self.num_layers)]
+        reference = next((probs for settled in runs for _, probs, _ in settled), None)
+        if reference is None:
+            return None, None
+        rows, heads = reference.shape[1], reference.shape[2]
+        widest = max(probs.shape[-1] for settled in runs for _, probs, _ in settled)
+        weights = reference.new_zeros((steps, self.num_layers, rows, heads, widest))
+        counts = torch.zeros((steps, self.num_layers, rows), dtype=torch.long, device=reference.device)
+        for layer, settled in enumerate(runs):
+            for first, probs, key_counts in settled:
+                window = slice(first, min(steps, first + probs.shape[0]))
+                used = window.stop - window.start
+                weights[window, layer, :, :, : probs.shape[-1]] = probs[:used]
+                counts[window, layer] = key_counts[:used]
+            settled.clear()
+        return weights, counts
+
+    def release(self) -> None:
+        """Drop per-layer references to the model's keys (the block's own buffers go with it)."""
+        for state in self.keys:
+            state.key = None
+            state.pending.clear()
+            state.masks.clear()
+            state.settled.clear()
+
+
+def new_layer_keys(num_layers: int) -> list[_LayerKeys]:
+    return [_LayerKeys() for _ in range(num_layers)]

@@ -1,0 +1,96 @@
+"""Blocks of steps change what capture costs, never what it measures.
+
+The capture stashes each step's raw values and plugins compute step series a block at a time; a block of
+one step is the per-token computation. Every exported value (span attributes and step events) must be the
+same whatever the block length, including the paths that score attention per step: beam search (the cache
+is reordered), T5's position bias, a sliding window that evicts keys and a static cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from tiny_models import FAMILIES, build_model, prompt_batch
+
+import corevital_otel
+
+# Wall-clock values differ from run to run; everything else must not.
+_TIMING = ("time", "duration", "seconds")
+
+
+def _comparable(name: str) -> bool:
+    return not any(word in name for word in _TIMING)
+
+
+def _assert_same(name: str, got: Any, expected: Any) -> None:
+    if isinstance(expected, (tuple, list)):
+        assert isinstance(got, (tuple, list)) and len(got) == len(expected), name
+        for item, reference in zip(got, expected, strict=True):
+            _assert_same(name, item, reference)
+    elif isinstance(expected, float):
+        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(
+            expected, rel=1e-4, abs=1e-5
+        ), (
+            name,
+            got,
+            expected,
+        )
+    else:
+        assert got == expected, name
+
+
+def _exported(telemetry, model, block_steps: int, instrumented, **generate: Any) -> list[dict[str, Any]]:
+    telemetry.spans.clear()
+    instrumented(block_steps=block_steps)
+    ids, mask = prompt_batch(batch=2, length=6, pad_first=2)
+    torch.manual_seed(5)
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=11, min_new_tokens=11, **generate)
+    corevital_otel.uninstrument()
+    (span,) = telemetry.generation_spans()
+    exported = [{k: v for k, v in span.attributes.items() if _comparable(k)}]
+    exported += [{k: v for k, v in event.attributes.items() if _comparable(k)} for event in span.events]
+    return exported
+
+
+def _assert_blocks_change_nothing(telemetry, instrumented, model, **generate: Any) -> None:
+    single = _exported(telemetry, model, 1, instrumented, **generate)
+    for block_steps in (3, 32):
+        blocks = _exported(telemetry, model, block_steps, instrumented, **generate)
+        assert len(blocks) == len(single)
+        for got, expected in zip(blocks, single, strict=True):
+            assert set(got) == set(expected)
+            for name, value in expected.items():
+                _assert_same(name, got[name], value)
+    lost = " ".join(single[0].get("corevital.capture.lost", ()))
+    assert not any(kind in lost for kind in ("attention", "hidden_states", "steps", "logits")), lost
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_padded_batch(family, telemetry, instrumented):
+    _assert_blocks_change_nothing(telemetry, instrumented, build_model(family), do_sample=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_sampling_and_beams(family, telemetry, instrumented):
+    model = build_model(family)
+    _assert_blocks_change_nothing(telemetry, instrumented, model, do_sample=True, top_k=5)
+    _assert_blocks_change_nothing(telemetry, instrumented, model, num_beams=3, do_sample=False)
+
+
+def test_sliding_window_that_evicts_keys(telemetry, instrumented):
+    config = build_model("mistral").config
+    config.sliding_window = 4
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(config).eval()
+    _assert_blocks_change_nothing(telemetry, instrumented, model, do_sample=False)
+
+
+def test_static_cache(telemetry, instrumented):
+    model = build_model("llama")
+    _assert_blocks_change_nothing(
+        telemetry, instrumented, model, do_sample=False, cache_implementation="static"
+    )
