@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 

@@ -1,16 +1,21 @@
 """Overhead of corevital_otel against plain generate() and the output_* approach, side by side.
 
-    .venv/bin/python tests/benchmarks/overhead.py            # the target shapes (minutes on 2 CPU cores)
-    .venv/bin/python tests/benchmarks/overhead.py --grid full --repeats 3
+    taskset -c 1 .venv/bin/python tests/benchmarks/overhead.py              # the target shapes
+    taskset -c 1 .venv/bin/python tests/benchmarks/overhead.py --grid long  # 512/2,000 tokens, long prompt
+    .venv/bin/python tests/benchmarks/overhead.py --device cuda             # on a GPU, CUDA-event timing
 
-For each shape, every variant runs in the same process, interleaved (plain, summary, full, on_risk,
-output_*, plain, ...), after one warm-up each; the table reports median seconds per call, the spread
-(min-max) and the ratio of medians to plain generate(). Peak memory is measured in a fresh subprocess
-per (shape, variant), since a process' peak RSS only grows. Host syncs per step count the .item(),
-.cpu(), .tolist(), .numpy() and .tolist() calls made from corevital code during generate().
+Method: one process per grid, the same random weights for every variant, 1 torch thread, the process
+pinned to one core (``--core``, default the last one; ``taskset`` does the same from outside), greedy with
+``min_new_tokens = max_new_tokens`` so every call generates the same tokens. Each round runs every
+variant once, in an order rotated by one each round (plain, summary, full, output_flags; then summary,
+full, ...), after one warm-up call each; ``instrument()``/``uninstrument()`` stay outside the timed
+region. The table reports, per variant, the median over rounds of the per-round ratio to plain
+generate() and its spread (min-max and interquartile range), the median seconds per call, and how noisy
+the run was (the spread of plain generate() itself). Host syncs per step count the ``.item()``,
+``.cpu()``, ``.tolist()`` and ``.numpy()`` calls made from corevital code while the model decodes; on CUDA
+also every synchronisation ``torch.cuda.set_sync_debug_mode`` reports, ours minus plain's.
 
-Writes a Markdown table (and a PNG plot when matplotlib is installed) to --out (default
-docs/benchmarks/).
+Writes a Markdown table and JSON to --out (default docs/benchmarks/).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,57 +38,64 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = ("plain", "summary", "full", "on_risk", "output_flags")
+VARIANTS = ("plain", "summary", "full", "output_flags")
+TRACED = ("summary", "full", "on_risk")
 TARGETS_TEXT = (
-    "full metric set, default mode (full): <= 1.05x plain generate() on gpt2-small p128 n64 b1 (CPU); "
-    "<= 1.10x on the smallest shape; well below the output_* approach everywhere; "
-    "memory: no growth with generated tokens beyond a few values per step."
+    "full <= 1.05x plain generate() (aim 1.03x) on gpt2-small p128 n64 b1 and b4 and on llama-56m "
+    "p128 n64 b1; "
+    "summary <= 1.03x; both at or below output_flags on every shape; the same at 512 and 2,000 new "
+    "tokens; <= 1.10x with a 1,024-token prompt (prompt analysis included); 0 host syncs per step."
 )
 
 
 @dataclass(frozen=True)
 class Shape:
-    model: str  # "gpt2-small" or "llama-gqa"
+    model: str  # "gpt2-small", "llama-56m" or "tiny"
     prompt: int
     new_tokens: int
     batch: int
+    compiled: bool = False  # static cache and a torch.compile'd forward
 
     @property
     def label(self) -> str:
-        return f"{self.model} p{self.prompt} n{self.new_tokens} b{self.batch}"
+        extra = " static+compile" if self.compiled else ""
+        return f"{self.model} p{self.prompt} n{self.new_tokens} b{self.batch}{extra}"
 
 
 GRIDS = {
-    # The issue's targets: GPT-2-small shape at 64 new tokens, batch 1; plus the GQA model.
-    "targets": [Shape("gpt2-small", 128, 64, 1), Shape("llama-gqa", 128, 64, 1)],
-    "full": [
-        Shape(model, prompt, new, batch)
-        for model in ("gpt2-small", "llama-gqa")
-        for prompt in (128, 1024)
-        for new in (64, 512)
-        for batch in (1, 8)
+    "targets": [
+        Shape("gpt2-small", 128, 64, 1),
+        Shape("gpt2-small", 128, 64, 4),
+        Shape("llama-56m", 128, 64, 1),
     ],
+    "long": [
+        Shape("llama-56m", 128, 512, 1),
+        Shape("llama-56m", 128, 2000, 1),
+        Shape("llama-56m", 1024, 64, 1),
+        Shape("gpt2-small", 1024, 64, 1),
+    ],
+    "compile": [Shape("llama-56m", 128, 64, 1, compiled=True)],
     "smoke": [Shape("tiny", 16, 8, 1)],
-    # Memory against generated length: the same shape at 64 and 512 new tokens (use with --memory-only).
+    # Memory against generated length (use with --memory-only).
     "memory": [Shape("gpt2-small", 128, 64, 1), Shape("gpt2-small", 128, 512, 1)],
 }
 
 
-def build_model(name: str, attn_implementation: str = "sdpa") -> torch.nn.Module:
+def build_model(name: str, attn_implementation: str = "sdpa", device: str = "cpu") -> torch.nn.Module:
     import transformers
 
     torch.manual_seed(0)
     if name == "gpt2-small":
         config = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=2048)
-    elif name == "llama-gqa":
+    elif name == "llama-56m":
         config = transformers.LlamaConfig(
             vocab_size=32000,
-            hidden_size=768,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=12,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=8,
+            num_attention_heads=8,
             num_key_value_heads=4,
-            max_position_embeddings=2048,
+            max_position_embeddings=4096,
         )
     elif name == "tiny":
         config = transformers.LlamaConfig(
@@ -96,19 +109,26 @@ def build_model(name: str, attn_implementation: str = "sdpa") -> torch.nn.Module
     else:
         raise ValueError(name)
     config._attn_implementation = attn_implementation
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval().to(device)
+    # The shapes come from configs: no generation_config max_length to warn about.
+    model.generation_config.max_length = None
+    return model
 
 
 def prompt_ids(model: torch.nn.Module, shape: Shape) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
-    return torch.randint(3, model.config.vocab_size, (shape.batch, shape.prompt), generator=generator)
+    ids = torch.randint(3, model.config.vocab_size, (shape.batch, shape.prompt), generator=generator)
+    return ids.to(model.device)
 
 
 def generate_kwargs(shape: Shape) -> dict[str, Any]:
     # min_new_tokens: every variant generates exactly the same number of tokens.
-    return dict(
+    kwargs: dict[str, Any] = dict(
         max_new_tokens=shape.new_tokens, min_new_tokens=shape.new_tokens, do_sample=False, pad_token_id=0
     )
+    if shape.compiled:
+        kwargs["cache_implementation"] = "static"
+    return kwargs
 
 
 def output_flags_summary(output: Any) -> dict[str, Any]:
@@ -131,12 +151,15 @@ def output_flags_summary(output: Any) -> dict[str, Any]:
 
 
 class Variant:
-    """Sets up one way of running generate() for a shape; ``call()`` runs it once."""
+    """Sets up one way of running generate() for a shape; ``call()`` runs it once and times it."""
 
-    def __init__(self, name: str, shape: Shape) -> None:
+    def __init__(self, name: str, shape: Shape, device: str = "cpu") -> None:
         self.name = name
         self.shape = shape
-        self.model = build_model(shape.model, "eager" if name == "output_flags" else "sdpa")
+        self.device = device
+        self.model = build_model(shape.model, "eager" if name == "output_flags" else "sdpa", device)
+        if shape.compiled:
+            self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=False)
         self.ids = prompt_ids(self.model, shape)
         self.kwargs = generate_kwargs(shape)
         if name == "output_flags":
@@ -147,10 +170,11 @@ class Variant:
                 output_hidden_states=True,
                 output_attentions=True,
             )
-        self.providers = None
+        self.providers: tuple[Any, Any] | None = None
+        self.last_output: Any = None
 
     def enter(self) -> None:
-        if self.name in ("summary", "full", "on_risk"):
+        if self.name in TRACED:
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import InMemoryMetricReader
             from opentelemetry.sdk.trace import TracerProvider
@@ -168,25 +192,38 @@ class Variant:
             )
 
     def exit(self) -> None:
-        if self.name in ("summary", "full", "on_risk"):
+        if self.name in TRACED:
             import corevital_otel
 
             corevital_otel.uninstrument()
+            assert self.providers is not None
             self.providers[0].force_flush()
+
+    def _run(self) -> Any:
+        output = self.model.generate(self.ids, **self.kwargs)
+        if self.name == "output_flags":
+            output_flags_summary(output)
+        return output
 
     def call(self) -> float:
         self.enter()
         try:
-            start = time.perf_counter()
-            output = self.model.generate(self.ids, **self.kwargs)
-            if self.name == "output_flags":
-                output_flags_summary(output)
-            return time.perf_counter() - start
+            if self.device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                self.last_output = self._run()
+                end.record()
+                torch.cuda.synchronize()
+                return start.elapsed_time(end) / 1000.0
+            start_time = time.perf_counter()
+            self.last_output = self._run()
+            return time.perf_counter() - start_time
         finally:
             self.exit()
 
 
-def count_host_syncs(shape: Shape) -> float:
+def count_host_syncs(shape: Shape, device: str = "cpu") -> float:
     """Host syncs per generated step made by corevital code *while the model decodes* (full mode).
 
     The one-off transfers after the last step (sequences, series) are not per-step costs and are not
@@ -194,7 +231,7 @@ def count_host_syncs(shape: Shape) -> float:
     """
     from corevital_otel.capture.active import ACTIVE_CAPTURE
 
-    variant = Variant("full", shape)
+    variant = Variant("full", shape, device)
     counted = {"n": 0}
     ours = (str(ROOT / "corevital_otel"), str(ROOT / "plugins"))
     originals: dict[str, Callable] = {}
@@ -214,21 +251,38 @@ def count_host_syncs(shape: Shape) -> float:
     names = ("item", "cpu", "tolist", "numpy")
     variant.enter()
     try:
-        start_generate = variant.model.generate
-
-        def during_generate(*args, **kwargs):
-            for name in names:
-                setattr(torch.Tensor, name, counting(name))
-            try:
-                return start_generate(*args, **kwargs)
-            finally:
-                for name, original in originals.items():
-                    setattr(torch.Tensor, name, original)
-
-        during_generate(variant.ids, **variant.kwargs)
+        for name in names:
+            setattr(torch.Tensor, name, counting(name))
+        try:
+            variant.model.generate(variant.ids, **variant.kwargs)
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
     finally:
         variant.exit()
     return counted["n"] / shape.new_tokens
+
+
+def cuda_syncs_per_step(shape: Shape) -> float:
+    """Synchronisations torch reports (``set_sync_debug_mode``) per step: full mode minus plain."""
+
+    def syncs(name: str) -> int:
+        variant = Variant(name, shape, "cuda")
+        variant.call()  # warm-up
+        variant.enter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    variant.model.generate(variant.ids, **variant.kwargs)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+        finally:
+            variant.exit()
+        return sum("synchroniz" in str(warning.message) for warning in caught)
+
+    return (syncs("full") - syncs("plain")) / shape.new_tokens
 
 
 def current_rss_mb() -> float:
@@ -270,104 +324,145 @@ def peak_rss_mb(shape: Shape, variant: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def time_shape(shape: Shape, repeats: int) -> dict[str, list[float]]:
-    variants = [Variant(name, shape) for name in VARIANTS]
-    for variant in variants:  # warm-up
-        variant.call()
-    timings: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(repeats):
-        for variant in variants:
-            timings[variant.name].append(variant.call())
+def rotated(items: list[Any], round_index: int) -> list[Any]:
+    shift = round_index % len(items)
+    return items[shift:] + items[:shift]
+
+
+def time_shape(shape: Shape, rounds: int, variants: tuple[str, ...], device: str) -> dict[str, list[float]]:
+    """Seconds per call, per variant, one entry per round (interleaved, rotated)."""
+    runners = [Variant(name, shape, device) for name in variants]
+    for runner in runners:  # warm-up (and compilation, for compiled shapes)
+        runner.call()
+    if shape.compiled:  # instrumented generation must return the same tokens on the compiled path
+        plain = next(r for r in runners if r.name == "plain").last_output
+        for runner in runners:
+            if runner.name in TRACED:
+                assert torch.equal(runner.last_output, plain), f"{runner.name} changed the tokens"
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(rounds):
+        for runner in rotated(runners, round_index):
+            timings[runner.name].append(runner.call())
     return timings
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 4:
+        return min(values), max(values)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def summarize(shape: Shape, timings: dict[str, list[float]]) -> list[dict[str, Any]]:
+    plain = timings["plain"]
+    noise = (max(plain) - min(plain)) / statistics.median(plain)
+    rows = []
+    for name, seconds in timings.items():
+        ratios = [value / base for value, base in zip(seconds, plain, strict=True)]
+        low, high = quartiles(ratios)
+        rows.append(
+            {
+                "shape": shape.label,
+                "variant": name,
+                "median_s": statistics.median(seconds),
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "ratio_q1": low,
+                "ratio_q3": high,
+                "plain_spread": noise,
+                "rounds": len(seconds),
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="targets")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    parser.add_argument("--rounds", "--repeats", type=int, default=11, dest="rounds")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; plain is always run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--core", type=int, default=None, help="pin to this CPU core (default: the last)")
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure peak RSS per variant (subprocesses)"
+    )
     parser.add_argument("--memory-only", action="store_true", help="only the memory subprocesses, no timing")
+    parser.add_argument("--no-memory", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
+    variants = tuple(dict.fromkeys(["plain", *args.variants.split(",")]))
     torch.set_num_threads(1)
+    if args.device == "cpu" and hasattr(os, "sched_setaffinity"):
+        core = args.core if args.core is not None else max(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
     print(f"targets: {TARGETS_TEXT}", flush=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for shape in GRIDS[args.grid]:
         print(f"{'measuring' if args.memory_only else 'timing'} {shape.label} ...", flush=True)
-        timings = (
-            {name: [float("nan")] for name in VARIANTS}
-            if args.memory_only
-            else time_shape(shape, args.repeats)
-        )
-        plain = statistics.median(timings["plain"])
-        syncs = float("nan") if args.memory_only else count_host_syncs(shape)
-        for name in VARIANTS:
-            median = statistics.median(timings[name])
-            row = {
-                "shape": shape.label,
-                "variant": name,
-                "median_s": median,
-                "min_s": min(timings[name]),
-                "max_s": max(timings[name]),
-                "ratio": median / plain,
-                "host_syncs_per_step": syncs if name == "full" else None,
-                "peak_rss_mb": None if args.no_memory else peak_rss_mb(shape, name),
-            }
-            rows.append(row)
-            print(
-                f"  {name:13s} median {median:7.3f}s  spread {row['min_s']:.3f}-{row['max_s']:.3f}"
-                f"  ratio {row['ratio']:.3f}"
-                + (f"  rss +{row['peak_rss_mb']:.0f} MB" if row["peak_rss_mb"] else ""),
-                flush=True,
-            )
+        if args.memory_only:
+            shape_rows = [{"shape": shape.label, "variant": name} for name in variants]
+        else:
+            shape_rows = summarize(shape, time_shape(shape, args.rounds, variants, args.device))
+            syncs = count_host_syncs(shape, args.device)
+            cuda_syncs = cuda_syncs_per_step(shape) if args.device == "cuda" else None
+            for row in shape_rows:
+                row["host_syncs_per_step"] = syncs if row["variant"] == "full" else None
+                row["cuda_syncs_per_step"] = cuda_syncs if row["variant"] == "full" else None
+        for row in shape_rows:
+            if args.memory or args.memory_only:
+                row["peak_rss_mb"] = peak_rss_mb(shape, row["variant"])
+            print("  " + _line(row), flush=True)
+        rows.extend(shape_rows)
     write_report(rows, args)
     return 0
 
 
+def _line(row: dict[str, Any]) -> str:
+    parts = [f"{row['variant']:13s}"]
+    if "ratio" in row:
+        parts.append(
+            f"ratio {row['ratio']:.3f} (IQR {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f},"
+            f" min-max {row['ratio_min']:.3f}-{row['ratio_max']:.3f})  median {row['median_s']:.3f}s"
+        )
+    if row.get("peak_rss_mb") is not None:
+        parts.append(f"rss +{row['peak_rss_mb']:.0f} MB")
+    return "  ".join(parts)
+
+
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    cpu = platform.processor() or platform.machine()
-    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
+    if args.device == "cuda":
+        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA-event timing"
+    else:
+        cpu = platform.processor() or platform.machine()
+        machine = f"{cpu}, {os.cpu_count()} cores, pinned to one, torch {torch.__version__}, 1 thread"
     lines = [
-        f"Grid `{args.grid}`, {args.repeats} interleaved repeats, {machine}.",
+        f"Grid `{args.grid}`, {args.rounds} interleaved rotated rounds, {machine}.",
         "",
         f"Targets: {TARGETS_TEXT}",
         "",
-        "| shape | variant | median s | spread s | ratio to plain | peak RSS growth MB"
-        " | corevital host syncs / step |",
-        "|---|---|---|---|---|---|---|",
+        "| shape | variant | ratio to plain (median of rounds) | IQR | min–max | median s"
+        " | plain's own spread | peak RSS growth MB | corevital host syncs / step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        rss = "" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f}"
-        syncs = "" if row["host_syncs_per_step"] is None else f"{row['host_syncs_per_step']:.2f}"
-        lines.append(
-            f"| {row['shape']} | {row['variant']} | {row['median_s']:.3f}"
-            f" | {row['min_s']:.3f}–{row['max_s']:.3f} | {row['ratio']:.3f} | {rss} | {syncs} |"
-        )
-    (args.out / f"overhead-{args.grid}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"overhead-{args.grid}.json").write_text(json.dumps(rows, indent=1))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    shapes = list(dict.fromkeys(row["shape"] for row in rows))
-    figure, axis = plt.subplots(figsize=(2 + 2.2 * len(shapes), 4))
-    width = 0.8 / len(VARIANTS)
-    for index, variant in enumerate(VARIANTS):
-        ratios = [
-            next(r["ratio"] for r in rows if r["shape"] == s and r["variant"] == variant) for s in shapes
-        ]
-        axis.bar([i + index * width for i in range(len(shapes))], ratios, width, label=variant)
-    axis.axhline(1.05, color="grey", linestyle="--", linewidth=1)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, rotation=15, fontsize=8)
-    axis.set_ylabel("time / plain generate()")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(args.out / f"overhead-{args.grid}.png", dpi=120)
+        rss = "" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
+        syncs = "" if row.get("host_syncs_per_step") is None else f"{row['host_syncs_per_step']:.2f}"
+        if row.get("cuda_syncs_per_step") is not None:
+            syncs += f" (CUDA: {row['cuda_syncs_per_step']:.2f})"
+        if "ratio" in row:
+            timing = (
+                f"{row['ratio']:.3f} | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f}"
+                f" | {row['ratio_min']:.3f}–{row['ratio_max']:.3f} | {row['median_s']:.3f}"
+                f" | {100 * row['plain_spread']:.0f} %"
+            )
+        else:
+            timing = " | | | | "
+        lines.append(f"| {row['shape']} | {row['variant']} | {timing} | {rss} | {syncs} |")
+    suffix = "" if args.device == "cpu" else f"-{args.device}"
+    (args.out / f"overhead-{args.grid}{suffix}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"overhead-{args.grid}{suffix}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,20 @@ _SPEC.loader.exec_module(overhead)
 
 
 def test_benchmark_smoke_grid_writes_a_table(tmp_path):
-    assert overhead.main(["--grid", "smoke", "--repeats", "1", "--no-memory", "--out", str(tmp_path)]) == 0
+    assert overhead.main(["--grid", "smoke", "--rounds", "2", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "overhead-smoke.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| tiny")]
     assert [row.split(" | ")[1] for row in rows] == list(overhead.VARIANTS)
     full = next(row for row in rows if " | full | " in row)
     assert full.rstrip(" |").split(" | ")[-1] == "0.00"  # no host sync per step while decoding
+    plain = next(row for row in rows if " | plain | " in row)
+    assert plain.split(" | ")[2] == "1.000"  # each round's ratio of plain to itself
+
+
+def test_rounds_rotate_the_order_of_variants():
+    assert [overhead.rotated(["a", "b", "c"], index) for index in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
