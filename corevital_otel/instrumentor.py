@@ -1,22 +1,37 @@
-"""The OpenTelemetry instrumentor run by ``opentelemetry-instrument`` and ``corevital_otel.instrument()``."""
+"""The OpenTelemetry instrumentor run by ``opentelemetry-instrument`` and ``corevital_otel.instrument()``.
+
+Importing this module (which ``opentelemetry-instrument`` does at start-up) imports neither torch nor
+transformers. When transformers' model code is already imported, ``instrument()`` sets everything up at
+once; otherwise it waits for the application to import it (a post-import hook on
+``transformers.modeling_utils``, which every model and pipeline imports), so an application that never
+generates pays nothing for torch, transformers or the plugins.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from .capture.attention import install_attention_capture, uninstall_attention_capture
-from .config import resolve_options
+from .config import Options, resolve_options
 from .content import register_tokenizer
-from .generation import Runtime, run_instrumented
 from .patching import patch_generate, patch_pipeline_init, unpatch_generate, unpatch_pipeline_init
-from .plugin_host import PluginFailure, PluginHost
-from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .generation import Runtime
+
+logger = logging.getLogger(__name__)
 
 _INSTRUMENTS = ("transformers >= 5.0, < 6",)
+# Defines PreTrainedModel and the attention registry, after transformers' generation code: once it is
+# imported, everything instrument() patches exists.
+TRIGGER_MODULE = "transformers.modeling_utils"
 
 
 def _remember_pipeline_tokenizer(pipeline: Any) -> None:
@@ -33,6 +48,8 @@ class CoreVitalInstrumentor(BaseInstrumentor):
     """
 
     runtime: Runtime | None = None
+    # The set-up waiting for transformers to be imported (a token, so uninstrument() can cancel it).
+    _waiting: object | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _INSTRUMENTS
@@ -41,6 +58,32 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         tracer_provider = kwargs.pop("tracer_provider", None)
         meter_provider = kwargs.pop("meter_provider", None)
         options = resolve_options(kwargs)
+        if TRIGGER_MODULE in sys.modules:
+            self._activate(options, tracer_provider, meter_provider)
+            return
+        token = object()
+        CoreVitalInstrumentor._waiting = token
+        hook = functools.partial(self._activate_on_import, token, options, tracer_provider, meter_provider)
+        wrapt.register_post_import_hook(hook, TRIGGER_MODULE)
+
+    def _activate_on_import(
+        self, token: object, options: Options, tracer_provider: Any, meter_provider: Any, module: Any
+    ) -> None:
+        if CoreVitalInstrumentor._waiting is not token:  # uninstrumented (or instrumented anew) since
+            return
+        CoreVitalInstrumentor._waiting = None
+        try:
+            self._activate(options, tracer_provider, meter_provider)
+        except Exception:  # noqa: BLE001 - the application's import of transformers must not fail
+            logger.warning(
+                "corevital could not instrument transformers: generate() is not traced", exc_info=True
+            )
+
+    def _activate(self, options: Options, tracer_provider: Any, meter_provider: Any) -> None:
+        from .generation import Runtime, run_instrumented
+        from .plugin_host import PluginFailure, PluginHost
+        from .telemetry import Telemetry
+
         extra_plugins = options.plugins
         if options.langfuse_scores is not False:
             from .integrations.langfuse import LangfuseScores, client_from_option
@@ -58,6 +101,9 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         patch_pipeline_init(_remember_pipeline_tokenizer)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        CoreVitalInstrumentor._waiting = None
+        if self.runtime is None:
+            return  # never activated: transformers was not imported, nothing was patched
         unpatch_generate()
         uninstall_attention_capture()
         unpatch_pipeline_init()

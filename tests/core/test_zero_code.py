@@ -71,3 +71,54 @@ def test_disabled_instrumentations_switch_it_off(tmp_path, otlp_receiver):
     )
     # The app's own span proves the exporter worked; the generation was not traced.
     assert [span.name for span in otlp_receiver.spans()] == ["app-request"]
+
+
+# An application that never generates: it must not pay for torch, transformers or the plugins.
+NO_GENERATION_APP = """
+import json, sys
+heavy = ("torch", "transformers", "corevital_otel.plugins.logits")
+print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
+"""
+
+
+def test_an_app_that_never_generates_imports_no_torch(tmp_path):
+    if not OTEL_INSTRUMENT.exists():
+        pytest.skip("opentelemetry-instrument is not installed next to this interpreter")
+    completed = run_python(
+        tmp_path,
+        NO_GENERATION_APP,
+        (str(OTEL_INSTRUMENT), "--traces_exporter", "none", "--metrics_exporter", "none"),
+        OTEL_LOGS_EXPORTER="none",
+        # The test environment also has OpenLLMetry's transformers instrumentor, which imports
+        # transformers at start-up itself; only ours is under test here.
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="transformers",
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+LATE_IMPORT_APP = """
+import sys
+import corevital_otel
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+spans = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(spans))
+corevital_otel.instrument(tracer_provider=provider)
+assert "torch" not in sys.modules and "transformers" not in sys.modules  # nothing heavy yet
+from tiny_models import build_model, prompt_batch  # the application imports transformers now
+
+ids, mask = prompt_batch(batch=1, length=4)
+build_model("llama").generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+(span,) = spans.get_finished_spans()
+assert span.name == "text_completion llama" and "corevital.logits.entropy.mean" in span.attributes
+corevital_otel.uninstrument()
+print("traced")
+"""
+
+
+def test_instrument_before_transformers_is_imported_traces_once_it_is(tmp_path):
+    completed = run_python(tmp_path, LATE_IMPORT_APP)
+    assert completed.stdout.strip().splitlines()[-1] == "traced"

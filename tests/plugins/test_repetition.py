@@ -36,7 +36,10 @@ CPU = torch.device("cpu")
 def one_step(tracker: LoopTracker, state, token, rows: int):
     """One step handed over as a block of one: ``(rows,)`` similarity (or None) and evidence."""
     best, evidence = tracker.block(
-        None if state is None else state.unsqueeze(0), None if token is None else token.unsqueeze(0), rows, CPU
+        None if state is None else state.unsqueeze(0),
+        None if token is None else token.unsqueeze(0),
+        rows,
+        CPU,
     )
     return (None if best is None else best[0]), evidence[0]
 
