@@ -57,14 +57,17 @@ def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     values: dict[str, torch.Tensor] = {}
     found: list[torch.Tensor] = []
     if block.logits is not None:
-        logits = torch.stack([block.logits.isnan().any(dim=-1), block.logits.isposinf().any(dim=-1)], dim=-1)
+        # The largest logit is NaN exactly when some logit is (max propagates NaN): one cheap reduction.
+        nan_logit = block.logits.amax(dim=-1).isnan()
+        logits = torch.stack([nan_logit, block.logits.isposinf().any(dim=-1)], dim=-1)
         values["health.logits_nonfinite"] = logits.float()
         found.append(logits.any(dim=-1))
     nan = inf = None
     if block.hidden is not None:
         nan, inf = block.hidden.isnan().any(dim=-1), block.hidden.isinf().any(dim=-1)  # (steps, layers, rows)
     if block.attention is not None:
-        attention = (~torch.isfinite(block.attention)).flatten(start_dim=3).any(dim=-1)
+        # Softmax weights are never infinite: a row's sum is NaN exactly when one of its weights is.
+        attention = block.attention.sum(dim=-1).isnan().any(dim=-1)
         if nan is None:
             nan = attention
         elif nan.shape == attention.shape:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
-from corevital_otel.plugins._entropy import LN2, entropy_nats
+from corevital_otel.plugins._entropy import LN2
 from corevital_otel.plugins._summary import publish, real_values
 
 COREVITAL_PLUGIN_NAME = "logits"
 _TOP_K_MASS = 10
+# Shifted logits below this (masked ones are -inf) are clamped: exp() of it is exactly 0 in float32, and
+# 0 * shift is 0 where 0 * -inf would be NaN.
+_LOWEST_SHIFT = -1.0e4
 
 _BIT_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 
@@ -33,25 +36,39 @@ _AGGREGATES = (
 
 def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Statistics of raw logits ``(..., vocab)`` per leading index (a row, or a step and a row);
-    ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    probs = log_probs.exp()
-    entropy = entropy_nats(probs, log_probs) / LN2
-    top = probs.topk(min(_TOP_K_MASS, probs.shape[-1]), dim=-1).values
-    second = top[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top[..., 0])
+    ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None.
+
+    Few passes over the vocabulary: one top-k (the largest logit ``m`` and the top-10), then the shifted
+    logits ``d = z - m``, ``e = exp(d)``, ``S = sum(e)`` and ``sum(e * d)``; with ``p = e / S``, entropy is
+    ``log S - sum(e * d) / S`` nats and ``log p_i = d_i - log S``. Masked logits (-inf) are clamped to a
+    shift whose exponential is exactly 0, so they contribute nothing; a NaN or +inf logit makes every
+    statistic of its row NaN.
+    """
+    z = logits.float()
+    top = z.topk(min(_TOP_K_MASS, z.shape[-1]), dim=-1).values
+    largest = top[..., :1]
+    shifted = (z - largest).clamp_(min=_LOWEST_SHIFT)
+    weights = shifted.exp()
+    total = weights.sum(dim=-1)
+    log_total = total.log()
+    entropy = (log_total - torch.linalg.vecdot(weights, shifted) / total) / LN2
+    top_probs = (top - largest).exp() / total.unsqueeze(-1)
+    second = top_probs[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top_probs[..., 0])
     if chosen is not None:
         chosen = chosen.long()
-        picked = log_probs.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        surprisal = torch.where(chosen >= 0, -picked / LN2, torch.full_like(picked, float("nan")))
+        picked = shifted.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        surprisal = torch.where(
+            chosen >= 0, (log_total - picked) / LN2, torch.full_like(picked, float("nan"))
+        )
     else:
         surprisal = torch.full_like(entropy, float("nan"))
     return {
         "logits.entropy": entropy,
         "logits.perplexity": torch.exp2(entropy),
         "logits.surprisal": surprisal,
-        "logits.margin": top[..., 0] - second,
-        "logits.top10_mass": top.sum(dim=-1),
-        "logits.max_probability": top[..., 0],
+        "logits.margin": top_probs[..., 0] - second,
+        "logits.top10_mass": top_probs.sum(dim=-1),
+        "logits.max_probability": top_probs[..., 0],
     }
 
 
