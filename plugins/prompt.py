@@ -116,12 +116,18 @@ def _visible_keys(rows: PromptRows, queries: range, causal: bool) -> torch.Tenso
     return visible
 
 
-def _middle_thirds(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys in the middle third of each query's visible keys, and how many keys each query sees."""
+def _middle_thirds(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the middle third of each query's visible keys lies: ``(prompts, queries)`` positions of its
+    first and last key (invisible keys between them have weight 0), and how many keys each query sees.
+    A query seeing fewer than 3 keys has no middle third (its first position is past its last)."""
     rank = visible.long().cumsum(dim=-1) - 1
     count = visible.sum(dim=-1, keepdim=True)
     middle = visible & (rank >= count // 3) & (rank < 2 * count // 3)
-    return middle, count.squeeze(-1)
+    keys = visible.shape[-1]
+    first = middle.int().argmax(dim=-1)
+    last = keys - 1 - middle.int().flip(-1).argmax(dim=-1)
+    empty = ~middle.any(dim=-1)
+    return first.masked_fill(empty, keys), last.masked_fill(empty, 0), count.squeeze(-1)
 
 
 @dataclass
@@ -138,9 +144,15 @@ class _SparseTop:
     def add(self, weights: torch.Tensor, first_query: int) -> None:
         prompts, heads, queries, keys = weights.shape
         above = (weights > self.threshold).sum(dim=(-1, -2))
-        candidates = torch.where(weights > self.threshold, weights, torch.full_like(weights, -1.0))
-        value, flat = candidates.reshape(prompts, heads, -1).topk(min(self.cap, queries * keys), dim=-1)
-        query, key = flat // keys + first_query, flat % keys
+        # The ``cap`` largest weights of a head lie in its ``cap`` query rows with the largest maxima
+        # (any other row's weights are all below ``cap`` larger ones): search those rows only.
+        rows = weights.amax(dim=-1).topk(min(self.cap, queries), dim=-1).indices  # (prompts, heads, rows)
+        candidates = weights.gather(2, rows.unsqueeze(-1).expand(-1, -1, -1, keys))
+        candidates = torch.where(candidates > self.threshold, candidates, torch.full_like(candidates, -1.0))
+        value, flat = candidates.reshape(prompts, heads, -1).topk(
+            min(self.cap, rows.shape[-1] * keys), dim=-1
+        )
+        query, key = rows.gather(-1, flat // keys) + first_query, flat % keys
         if self.weight is not None:
             value = torch.cat([self.weight, value], dim=-1)
             query = torch.cat([self.query, query], dim=-1)
@@ -165,8 +177,27 @@ def _attention_chunks(prompt: PromptCapture, layer: int, rows: PromptRows):
         yield start, weights[rows.select].float()
 
 
+def _span_mass(weights: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """``(prompts, heads, queries)`` sum of each row's weights at key positions ``first .. last``."""
+    prefix = weights.cumsum(dim=-1)
+    heads, keys = weights.shape[1], weights.shape[-1]
+
+    def at(position: torch.Tensor) -> torch.Tensor:
+        index = position.clamp(0, keys - 1).unsqueeze(1).unsqueeze(-1).expand(-1, heads, -1, 1)
+        return prefix.gather(-1, index).squeeze(-1)
+
+    before = torch.where((first > 0).unsqueeze(1), at(first - 1), torch.zeros((), device=weights.device))
+    return torch.where(
+        (first <= last).unsqueeze(1), at(last) - before, torch.zeros((), device=weights.device)
+    )
+
+
 def layer_attention(
-    prompt: PromptCapture, layer: int, rows: PromptRows, sparse: _SparseTop | None
+    prompt: PromptCapture,
+    layer: int,
+    rows: PromptRows,
+    sparse: _SparseTop | None,
+    thirds: dict[tuple[int, int], tuple[torch.Tensor, ...]] | None = None,
 ) -> torch.Tensor | None:
     """``(prompts, heads)`` basin scores of one layer (NaN where no query sees 3+ keys); feeds ``sparse``.
 
@@ -175,15 +206,20 @@ def layer_attention(
     1 - u). The score is (M / B) / (u / (1 - u)): exactly 1.0 for uniform attention.
     """
     causal = not prompt.is_encoder
+    thirds = {} if thirds is None else thirds  # visible keys and middle thirds per query chunk
     sums: list[tuple[torch.Tensor, ...]] = []
     for start, weights in _attention_chunks(prompt, layer, rows):
         queries = range(start, start + weights.shape[2])
-        visible = _visible_keys(rows, queries, causal)
-        middle, count = _middle_thirds(visible)
+        if (start, queries.stop) not in thirds:  # the same for every layer: computed once per chunk
+            visible = _visible_keys(rows, queries, causal)
+            thirds[(start, queries.stop)] = (visible, *_middle_thirds(visible))
+        visible, first, last, count = thirds[(start, queries.stop)]
         counted = (rows.real[:, queries.start : queries.stop] & (count >= 3)).float()  # (prompts, queries)
-        middle_mass = (weights * middle.unsqueeze(1)).sum(dim=-1)  # (prompts, heads, queries)
-        boundary_mass = (weights * (visible & ~middle).unsqueeze(1)).sum(dim=-1)
-        uniform_middle = middle.sum(dim=-1) / count.clamp(min=1)  # (prompts, queries)
+        # Invisible keys have weight 0: a row's total is its visible mass, and a prefix sum gives the
+        # middle third's mass from its two ends.
+        middle_mass = _span_mass(weights, first, last)  # (prompts, heads, queries)
+        boundary_mass = weights.sum(dim=-1) - middle_mass
+        uniform_middle = (2 * count // 3 - count // 3) / count.clamp(min=1)  # (prompts, queries)
         sums.append(
             (
                 (middle_mass * counted.unsqueeze(1)).sum(dim=-1),
@@ -265,9 +301,10 @@ def measure(
     layers = len(prompt.hidden_states)
     tops: list[_SparseTop | None] = []
     basins: list[torch.Tensor] = []
+    thirds: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
     for layer in range(layers):
         top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold)
-        basin = layer_attention(prompt, layer, rows, top if detail else None)
+        basin = layer_attention(prompt, layer, rows, top if detail else None, thirds)
         if basin is None:
             break  # attention of some layer was not captured: basin scores would be incomplete
         basins.append(basin)

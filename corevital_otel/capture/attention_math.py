@@ -17,7 +17,7 @@ def _scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> to
     kv_heads, num_keys = key.shape[1], key.shape[2]
     q = query.float().reshape(rows, kv_heads, heads // kv_heads * q_len, dim)
     scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(rows, heads, q_len, num_keys)
-    return scores * (scaling if scaling is not None else 1.0 / math.sqrt(dim))
+    return scores.mul_(scaling if scaling is not None else 1.0 / math.sqrt(dim))  # a fresh tensor: in place
 
 
 def query_probabilities(
@@ -55,19 +55,19 @@ def query_probabilities(
         )
         if mask.dtype == torch.bool:
             allowed = mask
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = scores.masked_fill_(~allowed, float("-inf"))
         else:
             scores = scores + mask.float()
             allowed = mask > torch.finfo(mask.dtype).min / 2
     elif is_causal:
         positions = index + (num_keys - q_len)
         allowed = torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None]
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = scores.masked_fill_(~allowed, float("-inf"))
     else:
         return torch.softmax(scores, dim=-1)
     probs = torch.softmax(scores, dim=-1)
     # A fully masked query would be NaN from softmax(-inf...); it has no keys, so report zeros.
-    return torch.where(allowed, probs, torch.zeros((), device=probs.device))
+    return probs.masked_fill_(~allowed, 0.0)
 
 
 def new_query_probabilities(
