@@ -68,10 +68,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _clean_array(array: np.ndarray) -> tuple[Any, ...]:
+    """A flat tuple of Python values; non-finite floats become None (converted in C where possible)."""
+    flat = array.reshape(-1)
+    items = flat.tolist()
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return tuple(item if math.isfinite(item) else None for item in items)
+    if flat.dtype.kind in "biuf":
+        return tuple(items)
+    return tuple(_plain(item) for item in items)
+
+
 def clean_attribute(value: Any) -> Any:
     """An OpenTelemetry-valid attribute value, or ``_OMIT`` for a scalar that is not a finite number."""
     if isinstance(value, np.ndarray):
-        value = value.reshape(-1).tolist()
+        return _clean_array(value)
     if isinstance(value, (str, bytes)):
         return value
     if isinstance(value, Sequence):

@@ -31,6 +31,7 @@ from corevital_otel import (
 from corevital_otel.plugins._loops import LoopTracker
 from corevital_otel.plugins._profiles import Thresholds, thresholds_for
 from corevital_otel.plugins._summary import masked, publish, wants_detail
+from corevital_otel.plugins.logits import largest_logit
 
 COREVITAL_PLUGIN_NAME = "health"
 FLAG_METRIC = "corevital.health.flags"
@@ -50,6 +51,15 @@ class HealthState:
     loops: LoopTracker
 
 
+def hidden_nonfinite(block: StepBlock) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(steps, layers, rows)`` NaN and Inf presence in each layer's hidden state, once per block."""
+    if "hidden_states.nonfinite" not in block.memo:
+        hidden = block.hidden
+        assert hidden is not None
+        block.memo["hidden_states.nonfinite"] = (hidden.isnan().any(dim=-1), hidden.isinf().any(dim=-1))
+    return block.memo["hidden_states.nonfinite"]
+
+
 def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     """NaN/Inf evidence of a block: ``health.nonfinite`` ``(steps, rows)``; per layer ``health.layers.nan``
     (in the layer's output or attention row) and ``health.layers.inf`` ``(steps, rows, layers)``; and
@@ -58,13 +68,13 @@ def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     found: list[torch.Tensor] = []
     if block.logits is not None:
         # The largest logit is NaN exactly when some logit is (max propagates NaN): one cheap reduction.
-        nan_logit = block.logits.amax(dim=-1).isnan()
+        nan_logit = largest_logit(block).isnan()
         logits = torch.stack([nan_logit, block.logits.isposinf().any(dim=-1)], dim=-1)
         values["health.logits_nonfinite"] = logits.float()
         found.append(logits.any(dim=-1))
     nan = inf = None
     if block.hidden is not None:
-        nan, inf = block.hidden.isnan().any(dim=-1), block.hidden.isinf().any(dim=-1)  # (steps, layers, rows)
+        nan, inf = hidden_nonfinite(block)  # (steps, layers, rows)
     if block.attention is not None:
         # Softmax weights are never infinite: a row's sum is NaN exactly when one of its weights is.
         attention = block.attention.sum(dim=-1).isnan().any(dim=-1)

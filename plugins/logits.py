@@ -17,6 +17,7 @@ from corevital_otel.plugins._summary import publish, real_values
 
 COREVITAL_PLUGIN_NAME = "logits"
 _TOP_K_MASS = 10
+_CHUNK = 128  # vocabulary entries per chunk when searching the top-k (see largest_values)
 # Shifted logits below this (masked ones are -inf) are clamped: exp() of it is exactly 0 in float32, and
 # 0 * shift is 0 where 0 * -inf would be NaN.
 _LOWEST_SHIFT = -1.0e4
@@ -34,6 +35,25 @@ _AGGREGATES = (
 )
 
 
+def largest_values(values: torch.Tensor, k: int) -> torch.Tensor:
+    """``values.topk(k).values`` over the last dimension, at little more than the cost of a max.
+
+    The ``k`` largest values lie in the ``k`` chunks (of ``_CHUNK`` consecutive entries) with the largest
+    maxima: any other chunk's entries are all below ``k`` larger ones. So one max per chunk, a top-k of
+    those, and a top-k over the chosen chunks (plus the ragged tail) give exactly the top-k values.
+    """
+    size = values.shape[-1]
+    if size <= 4 * k * _CHUNK:
+        return values.topk(k, dim=-1).values
+    whole = size - size % _CHUNK
+    chunks = values[..., :whole].unflatten(-1, (-1, _CHUNK))  # a view: (..., chunks, _CHUNK)
+    best = chunks.amax(dim=-1).topk(k, dim=-1).indices
+    candidates = chunks.gather(-2, best.unsqueeze(-1).expand(*best.shape, _CHUNK)).flatten(-2)
+    if whole < size:
+        candidates = torch.cat([candidates, values[..., whole:]], dim=-1)
+    return candidates.topk(k, dim=-1).values
+
+
 def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Statistics of raw logits ``(..., vocab)`` per leading index (a row, or a step and a row);
     ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None.
@@ -45,7 +65,7 @@ def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[
     statistic of its row NaN.
     """
     z = logits.float()
-    top = z.topk(min(_TOP_K_MASS, z.shape[-1]), dim=-1).values
+    top = largest_values(z, min(_TOP_K_MASS, z.shape[-1]))
     largest = top[..., :1]
     shifted = (z - largest).clamp_(min=_LOWEST_SHIFT)
     weights = shifted.exp()
@@ -70,6 +90,13 @@ def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[
         "logits.top10_mass": top_probs.sum(dim=-1),
         "logits.max_probability": top_probs[..., 0],
     }
+
+
+def largest_logit(block: StepBlock) -> torch.Tensor:
+    """``(steps, rows)`` largest raw logit (NaN when any logit is NaN), once per block for every plugin."""
+    if "logits.largest" not in block.memo:
+        block.memo["logits.largest"] = block.logits.amax(dim=-1)
+    return block.memo["logits.largest"]
 
 
 def block_statistics(block: StepBlock) -> dict[str, torch.Tensor]:

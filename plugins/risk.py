@@ -32,7 +32,8 @@ from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBl
 from corevital_otel.plugins import _inputs, _options, _trends
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
-from corevital_otel.plugins.logits import block_statistics
+from corevital_otel.plugins.health import hidden_nonfinite
+from corevital_otel.plugins.logits import block_statistics, largest_logit
 
 COREVITAL_PLUGIN_NAME = "risk"
 
@@ -155,12 +156,13 @@ def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.T
         return None
     if info.capture_mode == "summary" and not info.consumed_live(RUNNING_SERIES):
         return None  # summary mode exports no step series: only a live reader would need it
-    logits = block.logits
     instant = step_risk(block_statistics(block), state["scales"], known_token=True)  # (steps, rows)
-    # -inf is a legitimate logit mask; NaN and +inf are breakage.
-    broken = (logits.isnan() | logits.isposinf()).any(dim=-1)
-    if block.hidden is not None:  # (steps, layers, rows, hidden): a NaN in any layer counts
-        broken |= (~torch.isfinite(block.hidden).all(dim=-1).all(dim=1)).to(broken.device)
+    # -inf is a legitimate logit mask; NaN and +inf are breakage: the largest logit is NaN or +inf then.
+    largest = largest_logit(block)
+    broken = largest.isnan() | largest.isposinf()
+    if block.hidden is not None:  # a NaN or Inf in any layer's hidden state counts
+        nan, inf = hidden_nonfinite(block)
+        broken |= (nan | inf).any(dim=1).to(broken.device)
     ema = running_average(instant, state["ema"])
     if state["broken"] is not None and state["broken"].shape == broken.shape[1:]:
         broken = broken | state["broken"]

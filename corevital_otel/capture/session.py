@@ -260,7 +260,7 @@ class CaptureSession:
                     logits = _first_tensor(output)
                 if logits is None:
                     raise TypeError(f"forward output {type(output).__name__} has no logits")
-                self._stash.put_logits(logits[:, -1, :])
+                self._stash.put_logits(logits.select(1, -1))
             self._stash.close_slot()
             self.steps_seen += 1
         except Exception as error:  # noqa: BLE001
@@ -272,7 +272,7 @@ class CaptureSession:
         try:
             hidden = _first_tensor(output)
             if hidden is not None and hidden.dim() == 3:
-                self._stash.put_hidden(index, hidden[:, -1, :])
+                self._stash.put_hidden(index, hidden.select(1, -1))
                 if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                     self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001

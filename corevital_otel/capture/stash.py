@@ -145,7 +145,7 @@ class StepStash:
                 rows, heads, _, dim = query.shape
                 weights = self.num_layers * rows * heads * (count + self.capacity) * _FLOAT_BYTES
                 self.queries = self._allocate((self.num_layers, rows, heads, dim), query, weights)
-            self.queries[self.filled, layer].copy_(query[:, :, -1, :])
+            self.queries[self.filled, layer].copy_(query.select(2, -1))
             state.pending.append(self.filled)
             state.masks[self.filled] = mask
         state.key, state.key_count = key, count

@@ -94,3 +94,55 @@ def test_static_cache(telemetry, instrumented):
     _assert_blocks_change_nothing(
         telemetry, instrumented, model, do_sample=False, cache_implementation="static"
     )
+
+
+def _capture_memory(monkeypatch, model, new_tokens: int, instrumented) -> tuple[int, int]:
+    """(largest stash in bytes, bytes of step series per generated step) of one generation."""
+    from corevital_otel.capture import stash as stash_module
+    from corevital_otel.series import SeriesCollector
+
+    seen = {"stash": 0, "series": 0}
+    fold, to_host = stash_module.StepStash.fold, SeriesCollector.to_host
+
+    def measured_fold(self):
+        buffers = (self.logits, self.hidden, self.queries, self.chosen)
+        size = sum(b.numel() * b.element_size() for b in buffers if b is not None)
+        seen["stash"] = max(seen["stash"], size)
+        return fold(self)
+
+    def measured_to_host(self, steps, *args):
+        chunks = [values for series in self._chunks.values() for _, values in series]
+        seen["series"] = sum(values.numel() * values.element_size() for values in chunks)
+        return to_host(self, steps, *args)
+
+    monkeypatch.setattr(stash_module.StepStash, "fold", measured_fold)
+    monkeypatch.setattr(SeriesCollector, "to_host", measured_to_host)
+    instrumented()
+    ids, mask = prompt_batch(batch=2, length=6, pad_first=2)
+    model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+    )
+    corevital_otel.uninstrument()
+    return seen["stash"], seen["series"] // new_tokens
+
+
+def test_capture_memory_is_bounded_at_2000_tokens(monkeypatch, telemetry, instrumented):
+    """The stash is the same size at 200 and 2,000 tokens; what stays per step is a few values."""
+    config = build_model("llama").config
+    config.max_position_embeddings = 4096
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    short_stash, short_per_step = _capture_memory(monkeypatch, model, 200, instrumented)
+    long_stash, long_per_step = _capture_memory(monkeypatch, model, 2000, instrumented)
+    assert long_stash == short_stash > 0
+    assert long_per_step == short_per_step
+    rows, layers, heads = 2, config.num_hidden_layers, config.num_attention_heads
+    # Per step and row: a few dozen scalars plus a few values per layer; never a vocabulary, a hidden
+    # vector or an attention row (the vocabulary alone is 96 floats, a key row up to 2,006).
+    assert long_per_step <= rows * 4 * (40 + 12 * layers + heads)
+    (span,) = [s for s in telemetry.generation_spans() if s.attributes["corevital.steps.count"] == 2000]
+    assert "corevital.capture.lost" not in span.attributes

@@ -121,3 +121,17 @@ def test_sampled_generation_reports_the_raw_distribution_not_the_samplers(instru
         processed = torch.log_softmax(out.scores[step].double(), dim=-1)
         processed_entropy = -(processed.exp() * processed.nan_to_num(neginf=0)).sum(-1) / math.log(2)
         assert not np.allclose(entropy[:, step], processed_entropy.numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("vocab", [7, 5120, 5121, 50_257])
+def test_largest_values_equal_a_full_top_k(vocab):
+    from corevital_otel.plugins.logits import largest_values
+
+    torch.manual_seed(vocab)
+    values = torch.randn(3, 2, vocab) * 4
+    values[0, 0, : vocab // 2] = float("-inf")  # a masked half
+    values[1, 1] = values[1, 1].round()  # many ties
+    expected = values.topk(min(10, vocab), dim=-1).values
+    assert torch.equal(largest_values(values, min(10, vocab)), expected)
+    values[2, 0, vocab // 3] = float("nan")  # a NaN anywhere makes the largest value NaN
+    assert largest_values(values, min(10, vocab))[2, 0, 0].isnan()
