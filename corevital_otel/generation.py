@@ -301,8 +301,14 @@ class GenerationCall:
             )
         session = self.session
         if session.switches.attention and steps and not session.attention_steps and not session.failures:
-            # Models with their own attention code (e.g. Bloom, Falcon) never call transformers' registry.
-            self.lost.append("attention: the model's attention does not use transformers' AttentionInterface")
+            # Models with their own attention code (e.g. Bloom, Falcon) never call transformers' registry;
+            # a compiled forward looked the attention function up once, while it was traced.
+            self.lost.append(
+                "attention: no attention call went through transformers' AttentionInterface"
+                " (the model's own attention code, or a compiled forward)"
+            )
+        if session.switches.hidden_states and steps and not session.hidden_steps and not session.failures:
+            self.lost.append("hidden_states: no decoder-layer hook ran (a compiled forward runs none)")
         lost = self.lost + [f"{kind}: {why}" for kind, why in session.failures.items()] + results.lost
         lost += [f"plugin {f.plugin} failed in {f.phase}: {f.error_type}" for f in self.failures]
         if lost:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .active import ACTIVE_CAPTURE
+from .heap import release_freed_memory
 from .layers import ModelLayout
 from .records import AttentionInputs, PromptCapture, StepBlock
 from .stash import StepStash, new_layer_keys
@@ -44,6 +45,10 @@ class CaptureSwitches:
     attention: bool = True
     prompt: bool = True
     prompt_max_tokens: int = 1024
+
+
+def _host_bytes(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None or tensor.device.type != "cpu" else tensor.numel() * tensor.element_size()
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -86,6 +91,7 @@ class CaptureSession:
         self.failures: dict[str, str] = {}
         self.steps_seen = 0
         self.attention_steps = 0  # steps with every layer's attention row: 0 means the kernel bypassed us
+        self.hidden_steps = 0  # steps with every layer's hidden state: 0 means no layer hook ran
         self.cache: Any = None  # the last ``past_key_values`` the model's forward got: a reference, no copy
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._layer_keys = new_layer_keys(layout.num_layers)
@@ -204,8 +210,10 @@ class CaptureSession:
         if stash.attention_error is not None:
             self.fail("attention", stash.attention_error)
         self.attention_steps += sum(block.steps for block in blocks if block.attention is not None)
+        self.hidden_steps += sum(block.steps for block in blocks if block.hidden is not None)
         for block in blocks:
             self.deliver_block(block)
+        release_freed_memory(sum(_host_bytes(b.attention) + _host_bytes(b.logits) for b in blocks))
         return blocks[-1] if blocks else None
 
     def fail(self, kind: str, error: BaseException) -> None:

@@ -68,9 +68,10 @@ class StepStash:
         self.hidden: torch.Tensor | None = None
         self.queries: torch.Tensor | None = None
         self.chosen: torch.Tensor | None = None
-        self.chosen_known: list[bool] = []
-        self.hidden_layers: list[int] = []  # per slot: layers whose hidden vector was copied
-        self.attention_layers: list[int] = []  # per slot: layers whose attention was stashed or settled
+        # Per slot (preallocated: the hooks run on every layer of every step, so they stay minimal):
+        self.chosen_known = [False] * max_steps
+        self.hidden_layers = [0] * max_steps  # layers whose hidden vector was copied
+        self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
         self.keys = keys  # shared with the session: per-layer state outlives the block
         self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
 
@@ -79,12 +80,6 @@ class StepStash:
     @property
     def full(self) -> bool:
         return self.filled >= self.capacity
-
-    def _slot_counters(self) -> None:
-        while len(self.hidden_layers) <= self.filled:
-            self.hidden_layers.append(0)
-            self.attention_layers.append(0)
-            self.chosen_known.append(False)
 
     def _allocate(
         self, shape: tuple[int, ...], like: torch.Tensor, extra_bytes_per_step: int = 0
@@ -102,19 +97,21 @@ class StepStash:
 
     def put_hidden(self, layer: int, hidden: torch.Tensor) -> None:
         """``hidden`` ``(rows, dim)``: layer ``layer``'s output at the new position."""
-        self._check_rows(hidden.shape[0])
         if self.hidden is None:
+            self._check_rows(hidden.shape[0])
             self.hidden = self._allocate((self.num_layers, *hidden.shape), hidden)
-        self._slot_counters()
+        elif hidden.shape[0] != self.rows:  # copy_ would broadcast a single row
+            self._check_rows(hidden.shape[0])
         self.hidden[self.filled, layer].copy_(hidden)
         self.hidden_layers[self.filled] += 1
 
     def put_logits(self, logits: torch.Tensor) -> None:
         """``logits`` ``(rows, vocab)``: the raw logits of the new position."""
-        self._check_rows(logits.shape[0])
         if self.logits is None:
+            self._check_rows(logits.shape[0])
             self.logits = self._allocate(tuple(logits.shape), logits)
-        self._slot_counters()
+        elif logits.shape[0] != self.rows:
+            self._check_rows(logits.shape[0])
         self.logits[self.filled].copy_(logits)
 
     def put_attention(
@@ -128,7 +125,6 @@ class StepStash:
     ) -> None:
         """The layer's query ``(rows, heads, q_len, dim)`` and keys ``(rows, kv_heads, keys, dim)``."""
         self._check_rows(query.shape[0])
-        self._slot_counters()
         state = self.keys[layer]
         count = key.shape[2]
         position_bias, softcap = kwargs.get("position_bias"), kwargs.get("softcap")
@@ -168,7 +164,6 @@ class StepStash:
         self.chosen_known[self.filled - 1] = True
 
     def close_slot(self) -> None:
-        self._slot_counters()
         self.filled += 1
 
     # -- folding ---------------------------------------------------------------------------------
@@ -226,7 +221,6 @@ class StepStash:
         steps = self.filled
         if steps == 0 or self.rows is None:
             return []
-        self._slot_counters()
         try:
             attention, attention_keys = self._attention(steps)
         except Exception as error:  # noqa: BLE001 - the session reports it; the other kinds go on

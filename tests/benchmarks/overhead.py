@@ -70,10 +70,10 @@ GRIDS = {
     ],
     "long": [
         Shape("llama-56m", 128, 512, 1),
-        Shape("llama-56m", 128, 2000, 1),
         Shape("llama-56m", 1024, 64, 1),
         Shape("gpt2-small", 1024, 64, 1),
     ],
+    "longest": [Shape("llama-56m", 128, 2000, 1)],
     "compile": [Shape("llama-56m", 128, 64, 1, compiled=True)],
     "smoke": [Shape("tiny", 16, 8, 1)],
     # Memory against generated length (use with --memory-only).
@@ -385,6 +385,7 @@ def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> li
                 "cpu_ratio_q3": cpu_high,
                 "plain_spread": noise,
                 "rounds": len(seconds),
+                "round_ratios": ratios,
             }
         )
     return rows

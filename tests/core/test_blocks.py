@@ -146,3 +146,27 @@ def test_capture_memory_is_bounded_at_2000_tokens(monkeypatch, telemetry, instru
     assert long_per_step <= rows * 4 * (40 + 12 * layers + heads)
     (span,) = [s for s in telemetry.generation_spans() if s.attributes["corevital.steps.count"] == 2000]
     assert "corevital.capture.lost" not in span.attributes
+
+
+def test_compiled_forward_with_a_static_cache(telemetry, instrumented):
+    """torch.compile'd forward and a static cache: the same tokens; the span says what it could not see.
+
+    A compiled forward looked the attention function up once, while it was traced, and runs without
+    module hooks: attention rows and hidden states are not observable there; the raw logits (a hook on
+    the model outside its compiled forward) still are. (The ``eager`` backend keeps the test quick; it
+    traces exactly as the default backend does.)
+    """
+    model = build_model("llama")
+    model.forward = torch.compile(model.forward, backend="eager")
+    ids, mask = prompt_batch(batch=2, length=6, pad_first=2)
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
+    expected = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    instrumented()
+    got = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    assert torch.equal(got, expected)
+    (span,) = telemetry.generation_spans()
+    lost = " ".join(span.attributes.get("corevital.capture.lost", ()))
+    captured = {name.split(".")[1] for name in span.attributes if name.startswith("corevital.")}
+    for kind in ("attention", "hidden_states"):
+        assert (kind in captured) != (f"{kind}: " in lost), kind  # captured, or said to be lost
+    assert "logits" in captured and span.attributes["corevital.steps.count"] == 6
