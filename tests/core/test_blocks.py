@@ -160,9 +160,12 @@ def test_compiled_forward_with_a_static_cache(telemetry, instrumented):
     model.forward = torch.compile(model.forward, backend="eager")
     ids, mask = prompt_batch(batch=2, length=6, pad_first=2)
     settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
-    expected = model.generate(input_ids=ids, attention_mask=mask, **settings)
-    instrumented()
-    got = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    try:
+        expected = model.generate(input_ids=ids, attention_mask=mask, **settings)
+        instrumented()
+        got = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    finally:
+        torch._dynamo.reset()  # drop the compiled graphs (and their fake tensors) for the tests after
     assert torch.equal(got, expected)
     (span,) = telemetry.generation_spans()
     lost = " ".join(span.attributes.get("corevital.capture.lost", ()))

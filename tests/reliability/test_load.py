@@ -261,8 +261,11 @@ def _retained_tensor_bytes(model: torch.nn.Module, cache: Any) -> int:
     storages: dict[int, int] = {}
     for item in gc.get_objects():
         if issubclass(type(item), torch.Tensor) and item.device.type == "cpu":  # type(): no __class__ lookups
-            storage = item.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+            try:
+                storage = item.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            except RuntimeError:  # a FakeTensor left by some torch.compile tracing holds no memory
+                continue
     return sum(size for pointer, size in storages.items() if pointer not in excluded)
 
 
