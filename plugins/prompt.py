@@ -10,6 +10,12 @@
 Prompt arrays have one entry per *prompt* (batch entry), not per generated row: the copies generate()
 makes for beams or ``num_return_sequences`` are identical. Attention is computed in chunks of queries, so
 memory stays linear in the prompt length; the core skips prompts longer than ``prompt_max_tokens``.
+
+Attention statistics cost (queries × keys) per layer and head, as much as the model's own attention in
+the prefill: for prompts longer than ``attention_queries`` (plugin option, default 128) they use that
+many evenly spaced query positions, the last one included (``corevital.prompt.attention_queries`` says
+how many were used). Basin scores are then ratios of sums over those queries; sparse weights are the
+largest among them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from corevital_otel.plugins._profiles import Thresholds, thresholds_for
 from corevital_otel.plugins._summary import finite_reduce, wants_detail
 
 COREVITAL_PLUGIN_NAME = "prompt"
+DEFAULT_ATTENTION_QUERIES = 128
 CHUNK_ELEMENTS = 1 << 22  # float32 elements per chunk of logits or attention weights (16 MiB)
 
 
@@ -111,7 +118,7 @@ def _visible_keys(rows: PromptRows, queries: range, causal: bool) -> torch.Tenso
     visible = rows.real.unsqueeze(1).expand(-1, len(queries), -1)
     if causal:
         device = rows.real.device
-        query_index = torch.arange(queries.start, queries.stop, device=device).unsqueeze(-1)
+        query_index = torch.arange(queries.start, queries.stop, queries.step, device=device).unsqueeze(-1)
         visible = visible & (torch.arange(rows.length, device=device) <= query_index)
     return visible
 
@@ -141,7 +148,7 @@ class _SparseTop:
     key: torch.Tensor | None = None
     above: torch.Tensor | None = None  # (prompts, heads) weights above the threshold seen so far
 
-    def add(self, weights: torch.Tensor, first_query: int) -> None:
+    def add(self, weights: torch.Tensor, first_query: int, query_step: int = 1) -> None:
         prompts, heads, queries, keys = weights.shape
         above = (weights > self.threshold).sum(dim=(-1, -2))
         # The ``cap`` largest weights of a head lie in its ``cap`` query rows with the largest maxima
@@ -152,7 +159,7 @@ class _SparseTop:
         value, flat = candidates.reshape(prompts, heads, -1).topk(
             min(self.cap, rows.shape[-1] * keys), dim=-1
         )
-        query, key = rows.gather(-1, flat // keys) + first_query, flat % keys
+        query, key = rows.gather(-1, flat // keys) * query_step + first_query, flat % keys
         if self.weight is not None:
             value = torch.cat([self.weight, value], dim=-1)
             query = torch.cat([self.query, query], dim=-1)
@@ -163,18 +170,26 @@ class _SparseTop:
         self.weight, self.query, self.key, self.above = value, query, key, above
 
 
-def _attention_chunks(prompt: PromptCapture, layer: int, rows: PromptRows):
-    """Yield ``(first query, weights (prompts, heads, queries, keys))`` for one layer, in bounded chunks."""
+def sampled_queries(length: int, budget: int) -> range:
+    """At most ``budget`` evenly spaced query positions of a ``length``-token prompt, the last included."""
+    step = max(1, -(-length // max(1, budget)))
+    return range((length - 1) % step, length, step)
+
+
+def _attention_chunks(prompt: PromptCapture, layer: int, rows: PromptRows, queries: range):
+    """Yield ``(query positions, weights (prompts, heads, queries, keys))`` for one layer, in bounded
+    chunks of the sampled ``queries``."""
     inputs = prompt.attention_inputs.get(layer)
     if inputs is None:
         return
     heads = int(inputs.query.shape[1])
     chunk = max(1, CHUNK_ELEMENTS // (rows.captured * heads * rows.length))
-    for start in range(0, rows.length, chunk):
-        weights = prompt.attention_weights(layer, slice(start, min(start + chunk, rows.length)))
+    for first in range(0, len(queries), chunk):
+        part = queries[first : first + chunk]
+        weights = prompt.attention_weights(layer, slice(part.start, part.stop, part.step))
         if weights is None or weights.shape[-1] != rows.length:
             return
-        yield start, weights[rows.select].float()
+        yield part, weights[rows.select].float()
 
 
 def _span_mass(weights: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -197,7 +212,8 @@ def layer_attention(
     layer: int,
     rows: PromptRows,
     sparse: _SparseTop | None,
-    thirds: dict[tuple[int, int], tuple[torch.Tensor, ...]] | None = None,
+    thirds: dict[range, tuple[torch.Tensor, ...]] | None = None,
+    queries: range | None = None,
 ) -> torch.Tensor | None:
     """``(prompts, heads)`` basin scores of one layer (NaN where no query sees 3+ keys); feeds ``sparse``.
 
@@ -207,14 +223,15 @@ def layer_attention(
     """
     causal = not prompt.is_encoder
     thirds = {} if thirds is None else thirds  # visible keys and middle thirds per query chunk
+    queries = range(rows.length) if queries is None else queries
     sums: list[tuple[torch.Tensor, ...]] = []
-    for start, weights in _attention_chunks(prompt, layer, rows):
-        queries = range(start, start + weights.shape[2])
-        if (start, queries.stop) not in thirds:  # the same for every layer: computed once per chunk
-            visible = _visible_keys(rows, queries, causal)
-            thirds[(start, queries.stop)] = (visible, *_middle_thirds(visible))
-        visible, first, last, count = thirds[(start, queries.stop)]
-        counted = (rows.real[:, queries.start : queries.stop] & (count >= 3)).float()  # (prompts, queries)
+    for part, weights in _attention_chunks(prompt, layer, rows, queries):
+        if part not in thirds:  # the same for every layer: computed once per chunk
+            visible = _visible_keys(rows, part, causal)
+            thirds[part] = (visible, *_middle_thirds(visible))
+        visible, first, last, count = thirds[part]
+        real = rows.real[:, part.start : part.stop : part.step]  # (prompts, queries)
+        counted = (real & (count >= 3)).float()
         # Invisible keys have weight 0: a row's total is its visible mass, and a prefix sum gives the
         # middle third's mass from its two ends.
         middle_mass = _span_mass(weights, first, last)  # (prompts, heads, queries)
@@ -229,7 +246,7 @@ def layer_attention(
             )
         )
         if sparse is not None:  # only weights a real query puts on a key it may see
-            sparse.add(weights * (visible & rows.real[:, start : queries.stop, None]).unsqueeze(1), start)
+            sparse.add(weights * (visible & real.unsqueeze(-1)).unsqueeze(1), part.start, part.step)
     if not sums:
         return None
     middle_sum, boundary_sum, uniform_middle_sum, uniform_boundary_sum = (
@@ -288,23 +305,30 @@ class PromptMeasures:
     transformation: torch.Tensor
     basins: list[torch.Tensor]
     tops: list[_SparseTop | None]
+    attention_queries: int  # query positions the attention statistics used
 
 
 def measure(
-    prompt: PromptCapture, thresholds: Thresholds, detail: bool, surprisal: bool = True
+    prompt: PromptCapture,
+    thresholds: Thresholds,
+    detail: bool,
+    surprisal: bool = True,
+    attention_queries: int = DEFAULT_ATTENTION_QUERIES,
 ) -> PromptMeasures | None:
     """Device-side prompt statistics; sparse attention is only gathered with ``detail``, per-position
-    surprisal only with ``surprisal`` (it runs the output head over the whole prompt)."""
+    surprisal only with ``surprisal`` (it runs the output head over the whole prompt); attention
+    statistics over at most ``attention_queries`` evenly spaced query positions."""
     rows = prompt_rows(prompt)
     if rows is None:
         return None
     layers = len(prompt.hidden_states)
     tops: list[_SparseTop | None] = []
     basins: list[torch.Tensor] = []
-    thirds: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+    thirds: dict[range, tuple[torch.Tensor, ...]] = {}
+    queries = sampled_queries(rows.length, attention_queries)
     for layer in range(layers):
         top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold)
-        basin = layer_attention(prompt, layer, rows, top if detail else None, thirds)
+        basin = layer_attention(prompt, layer, rows, top if detail else None, thirds, queries)
         if basin is None:
             break  # attention of some layer was not captured: basin scores would be incomplete
         basins.append(basin)
@@ -317,6 +341,7 @@ def measure(
         layer_transformation(prompt, rows),
         basins,
         tops,
+        len(queries),
     )
 
 
@@ -339,6 +364,7 @@ def attributes(measures: PromptMeasures, detail: bool) -> dict[str, Any]:
     basins = [_host(basin) for basin in measures.basins]
     heads = basins[0].shape[1] if basins else 0
     values["corevital.prompt.shape"] = [measures.count, measures.layers, heads, measures.length]
+    values["corevital.prompt.attention_queries"] = measures.attention_queries
     if len(basins) == measures.layers and basins:
         basin_scores = np.stack(basins, axis=1)  # (prompts, layers, heads)
         values["corevital.prompt.basin_score.mean"] = _per_prompt(basin_scores, "mean")
@@ -359,11 +385,17 @@ def analyse(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> dict
 def corevital_generation_start(info: GenerationInfo) -> None:
     # Prompt surprisal costs the output head over every prompt position (prompt × vocab × width: on
     # GPT-2-small, 128 tokens cost as much as a few generated tokens), so it is opt-in.
-    surprisal = bool(_options.settings(info.options, COREVITAL_PLUGIN_NAME, ("surprisal",)).get("surprisal"))
+    settings = _options.settings(info.options, COREVITAL_PLUGIN_NAME, ("surprisal", "attention_queries"))
+    queries = settings.get("attention_queries", DEFAULT_ATTENTION_QUERIES)
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise ValueError(
+            f"plugin_options['prompt']['attention_queries'] must be a positive integer, not {queries!r}"
+        )
     info.state[COREVITAL_PLUGIN_NAME] = {
         "thresholds": thresholds_for(info),
         "measures": None,
-        "surprisal": surprisal,
+        "surprisal": bool(settings.get("surprisal")),
+        "attention_queries": queries,
     }
 
 
@@ -371,7 +403,9 @@ def corevital_generation_start(info: GenerationInfo) -> None:
 def corevital_prompt(info: GenerationInfo, prompt: PromptCapture) -> None:
     state = info.state[COREVITAL_PLUGIN_NAME]
     with torch.no_grad():
-        state["measures"] = measure(prompt, state["thresholds"], wants_detail(info), state["surprisal"])
+        state["measures"] = measure(
+            prompt, state["thresholds"], wants_detail(info), state["surprisal"], state["attention_queries"]
+        )
 
 
 @hookimpl

@@ -73,6 +73,7 @@ GRIDS = {
         Shape("llama-56m", 1024, 64, 1),
         Shape("gpt2-small", 1024, 64, 1),
     ],
+    "long-prompt": [Shape("llama-56m", 1024, 64, 1), Shape("gpt2-small", 1024, 64, 1)],
     "longest": [Shape("llama-56m", 128, 2000, 1)],
     "compile": [Shape("llama-56m", 128, 64, 1, compiled=True)],
     "smoke": [Shape("tiny", 16, 8, 1)],
@@ -159,7 +160,7 @@ class Variant:
         self.device = device
         self.model = build_model(shape.model, "eager" if name == "output_flags" else "sdpa", device)
         if shape.compiled:
-            self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=False)
+            self.model.forward = torch.compile(self.model.forward)
         self.ids = prompt_ids(self.model, shape)
         self.kwargs = generate_kwargs(shape)
         if name == "output_flags":
@@ -384,8 +385,12 @@ def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> li
                 "cpu_ratio_q1": cpu_low,
                 "cpu_ratio_q3": cpu_high,
                 "plain_spread": noise,
+                # Noise here only ever slows a call down: the fastest of the rounds is the least
+                # disturbed, so the ratio of the fastest calls is a second, noise-resistant estimate.
+                "best_ratio": min(seconds) / min(plain),
                 "rounds": len(seconds),
                 "round_ratios": ratios,
+                "seconds": seconds,
             }
         )
     return rows
@@ -438,7 +443,7 @@ def _line(row: dict[str, Any]) -> str:
         parts.append(
             f"ratio {row['ratio']:.3f} (IQR {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f},"
             f" min-max {row['ratio_min']:.3f}-{row['ratio_max']:.3f})  median {row['median_s']:.3f}s"
-            f"  CPU-time ratio {row['cpu_ratio']:.3f}"
+            f"  best-of ratio {row['best_ratio']:.3f}  CPU-time ratio {row['cpu_ratio']:.3f}"
             f" (IQR {row['cpu_ratio_q1']:.3f}-{row['cpu_ratio_q3']:.3f})"
         )
     if row.get("peak_rss_mb") is not None:
@@ -458,9 +463,10 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "",
         f"Targets: {TARGETS_TEXT}",
         "",
-        "| shape | variant | ratio to plain (median of rounds) | IQR | min–max | CPU-time ratio (IQR)"
-        " | median s | plain's own spread | peak RSS growth MB | corevital host syncs / step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | variant | ratio to plain (median of rounds) | IQR | min–max | ratio of fastest calls"
+        " | CPU-time ratio (IQR) | median s | plain's own spread | peak RSS growth MB"
+        " | corevital host syncs / step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         rss = "" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
@@ -470,12 +476,12 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if "ratio" in row:
             timing = (
                 f"{row['ratio']:.3f} | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f}"
-                f" | {row['ratio_min']:.3f}–{row['ratio_max']:.3f}"
+                f" | {row['ratio_min']:.3f}–{row['ratio_max']:.3f} | {row['best_ratio']:.3f}"
                 f" | {row['cpu_ratio']:.3f} ({row['cpu_ratio_q1']:.3f}–{row['cpu_ratio_q3']:.3f})"
                 f" | {row['median_s']:.3f} | {100 * row['plain_spread']:.0f} %"
             )
         else:
-            timing = " | | | | | "
+            timing = " | | | | | | "
         lines.append(f"| {row['shape']} | {row['variant']} | {timing} | {rss} | {syncs} |")
     suffix = "" if args.device == "cpu" else f"-{args.device}"
     (args.out / f"overhead-{args.grid}{suffix}.md").write_text("\n".join(lines) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,14 @@ def test_rounds_rotate_the_order_of_variants():
         ["c", "a", "b"],
         ["a", "b", "c"],
     ]
+
+
+def test_profile_by_part_runs_on_a_tiny_shape():
+    # A subprocess: the profile wraps corevital's classes with timers for the rest of its process.
+    script = Path(__file__).with_name("profile_overhead.py")
+    arguments = ["--shape", "tiny", "--prompt", "16", "--new-tokens", "8", "--rounds", "1"]
+    completed = subprocess.run(
+        [sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=300, check=True
+    )
+    for part in ("hook _after_layer", "fold (attention scoring)", "plugin logits (corevital_steps)"):
+        assert part in completed.stdout, completed.stdout

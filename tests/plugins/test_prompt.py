@@ -52,14 +52,16 @@ def make_prompt(
     )
 
 
-def reference_basin(weights: np.ndarray, real: np.ndarray, causal: bool) -> np.ndarray:
-    """Per (prompt, head), straight from the definition, one query at a time."""
+def reference_basin(
+    weights: np.ndarray, real: np.ndarray, causal: bool, queries: range | None = None
+) -> np.ndarray:
+    """Per (prompt, head), straight from the definition, one query at a time (over ``queries``)."""
     prompts, heads, length, _ = weights.shape
     scores = np.full((prompts, heads), np.nan)
     for p in range(prompts):
         for h in range(heads):
             middle = boundary = uniform_middle = uniform_boundary = 0.0
-            for q in range(length):
+            for q in range(length) if queries is None else queries:
                 visible = [k for k in range(length) if real[p, k] and (not causal or k <= q)]
                 if not real[p, q] or len(visible) < 3:
                     continue
@@ -114,6 +116,26 @@ def test_basin_matches_the_definition_on_random_attention(lengths, causal, scale
     got = prompt_plugin.layer_attention(capture, 0, rows, None).numpy()
     expected = reference_basin(capture.attention_weights(0).numpy(), rows.real.numpy(), causal)
     np.testing.assert_allclose(got, expected, rtol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize(("length", "budget"), [(40, 8), (41, 10), (12, 100)])
+def test_long_prompts_use_evenly_spaced_queries(length, budget):
+    queries = prompt_plugin.sampled_queries(length, budget)
+    assert len(queries) <= budget and queries[-1] == length - 1
+    assert len(set(queries.step for _ in queries)) == 1 and (budget >= length) == (queries.step == 1)
+    capture = make_prompt(
+        left_padding([length, length - 5], length), layers=1, causal=True, scale=3.0, seed=2
+    )
+    rows = prompt_plugin.prompt_rows(capture)
+    got = prompt_plugin.layer_attention(capture, 0, rows, None, queries=queries).numpy()
+    weights = capture.attention_weights(0).numpy()
+    expected = reference_basin(weights, rows.real.numpy(), True, queries)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, equal_nan=True)
+    sampled = prompt_plugin.measure(capture, THRESHOLDS, detail=True, attention_queries=budget)
+    values = prompt_plugin.attributes(sampled, detail=True)
+    assert values["corevital.prompt.attention_queries"] == len(queries)
+    kept = values["corevital.prompt.positions.attention.query"].tolist()
+    assert kept and set(kept) <= set(queries)  # sparse weights come from the sampled queries only
 
 
 def test_sparse_attention_keeps_the_largest_weights_above_the_threshold_per_head():
