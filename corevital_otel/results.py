@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is only needed once there are series: not at start-up
+    import numpy as np
 
 AttributeValue = Any  # str | bool | int | float | sequences of one of those
 
