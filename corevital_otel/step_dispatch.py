@@ -96,7 +96,7 @@ class StepDispatcher:
                     "corevital_step", self.failures, info=self.info, step=step
                 ):
                     for name, value in self._accepted(plugin, "corevital_step", values, (block.rows,)):
-                        self.series.add_block(step.index, name, value.unsqueeze(0))
+                        self.series.add(step.index, name, value)
                         step_outputs[offset][name] = value
         if self.on_step is None:  # only interventions read live values: the newest step's
             self.last_outputs = {name: value[-1] for name, value in block_outputs.items()}

@@ -1,7 +1,8 @@
 """Attention weights of chosen query rows, from the query/key tensors a layer's attention function saw.
 
 Pure maths on tensors: no transformers, no capture state. The capture uses it per step (when it must) or
-for a block of stashed query rows at once; the prompt capture uses it on demand.
+for a block of stashed query rows at once (each row's own keys given by its mask); the prompt capture
+uses it on demand.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ def _scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> to
     q = query.float().reshape(rows, kv_heads, heads // kv_heads * q_len, dim)
     scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(rows, heads, q_len, num_keys)
     return scores.mul_(scaling if scaling is not None else 1.0 / math.sqrt(dim))  # a fresh tensor: in place
+
+
+def allowed_keys(mask: torch.Tensor) -> torch.Tensor:
+    """Where a boolean (True = may attend) or additive float attention mask lets a query attend."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
 
 
 def query_probabilities(
@@ -53,12 +59,11 @@ def query_probabilities(
             if attention_mask.shape[2] > 1
             else attention_mask[..., :num_keys]
         )
+        allowed = allowed_keys(mask)
         if mask.dtype == torch.bool:
-            allowed = mask
             scores = scores.masked_fill_(~allowed, float("-inf"))
         else:
             scores = scores + mask.float()
-            allowed = mask > torch.finfo(mask.dtype).min / 2
     elif is_causal:
         positions = index + (num_keys - q_len)
         allowed = torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None]
@@ -91,32 +96,6 @@ def new_query_probabilities(
     if attention_mask is None:
         key_counts = torch.full((query.shape[0],), num_keys, device=query.device, dtype=torch.int64)
     else:
-        mask = attention_mask[:, :1, -1, :num_keys]
-        allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+        allowed = allowed_keys(attention_mask[:, :1, -1, :num_keys])
         key_counts = allowed.expand(query.shape[0], 1, num_keys)[:, 0, :].sum(dim=-1)
     return probs, key_counts
-
-
-def block_probabilities(
-    queries: torch.Tensor,
-    key: torch.Tensor,
-    allowed: torch.Tensor,
-    additive: torch.Tensor | None,
-    scaling: float | None,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """Weights ``(rows, heads, n, keys)`` of ``n`` stashed query rows against one key tensor.
-
-    ``queries`` is ``(rows, heads, n, dim)``: the newest query row of ``n`` consecutive steps, all scored
-    against the latest (append-only) ``key`` ``(rows, kv_heads, keys, dim)``. ``allowed`` (boolean,
-    broadcastable to ``(rows, heads, n, keys)``) says which keys each step's row could attend to (its own
-    key count, padding); ``additive`` is a float mask to add, or None. Same results as
-    :func:`query_probabilities` on each step's own keys: disallowed keys get weight exactly 0.
-    """
-    scores = _scores(queries, key, scaling)
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if additive is not None:
-        scores = scores + additive
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    return torch.where(allowed, probs, torch.zeros((), device=probs.device))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional
 
-from .attention_math import block_probabilities, new_query_probabilities
+from .attention_math import allowed_keys, new_query_probabilities, query_probabilities
 from .records import StepBlock
 
 # The memory one kind of buffer (or a block's attention weights) may take: blocks get shorter than the
@@ -45,14 +45,10 @@ class _LayerKeys:
     settled: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
-def _mask_row(mask: torch.Tensor | None, count: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(allowed ``(r, h, count)`` bool, additive float or None) of the newest query row of a 4-D mask."""
-    if mask is None:
-        return None, None
-    row = mask[:, :, -1, :count]
-    if row.dtype == torch.bool:
-        return row, None
-    return row > torch.finfo(row.dtype).min / 2, row.float()
+def _additive(row: torch.Tensor) -> torch.Tensor:
+    """A mask row as float32 to add to scores: its own values, -inf where it does not allow a key."""
+    values = torch.zeros(row.shape, device=row.device) if row.dtype == torch.bool else row.float()
+    return values.masked_fill(~allowed_keys(row), float("-inf"))
 
 
 class StepStash:
@@ -181,40 +177,31 @@ class StepStash:
         positions = torch.arange(last, device=queries.device)
         steps = torch.arange(len(slots), device=queries.device)
         allowed = (positions[None, :] - steps[:, None] < first)[None, None]  # (1, 1, n, keys)
-        additive = None
         masks = [state.masks.pop(slot) for slot in slots]
-        if any(mask is not None for mask in masks):
-            allowed, additive = self._with_masks(allowed, masks, first)
-        probs = block_probabilities(queries, state.key, allowed, additive, state.scaling, state.softcap)
-        counts = allowed.expand(probs.shape[0], 1, -1, -1)[:, 0].sum(dim=-1)  # (rows, n)
+        mask = self._with_masks(allowed, masks, first) if any(m is not None for m in masks) else allowed
+        # Each stashed row against the latest keys, masked to the keys its own step saw.
+        probs = query_probabilities(queries, state.key, mask, state.scaling, softcap=state.softcap)
+        counts = allowed_keys(mask).expand(probs.shape[0], 1, -1, -1)[:, 0].sum(dim=-1)  # (rows, n)
         state.settled.append((slots[0], probs.permute(2, 0, 1, 3), counts.T))
         state.pending.clear()
 
     @staticmethod
-    def _with_masks(
-        allowed: torch.Tensor, masks: list[torch.Tensor | None], first: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _with_masks(allowed: torch.Tensor, masks: list[torch.Tensor | None], first: int) -> torch.Tensor:
+        """One mask ``(r, h, n, keys)`` for the pending rows: each step's own key count (``allowed``) and
+        the newest query row of the 4-D mask it saw. Boolean when every mask was; otherwise additive,
+        with -inf wherever a row may not attend (decided in the mask's own dtype)."""
         keys = allowed.shape[-1]
-        rows_allowed: list[torch.Tensor] = []
-        rows_additive: list[torch.Tensor | None] = []
-        for offset, mask in enumerate(masks):
-            count = first + offset
-            row_allowed, row_additive = _mask_row(mask, count)
-            if row_allowed is None:
-                row_allowed = torch.ones((1, 1, count), dtype=torch.bool, device=allowed.device)
-            rows_allowed.append(functional.pad(row_allowed, (0, keys - count), value=False))
-            if row_additive is not None:
-                row_additive = functional.pad(row_additive, (0, keys - count))
-            rows_additive.append(row_additive)
-        leading = torch.broadcast_shapes(*(row.shape[:2] for row in rows_allowed))
-        stacked = torch.stack([row.expand(*leading, keys) for row in rows_allowed], dim=2)
-        additive = None
-        if any(row is not None for row in rows_additive):
-            zeros = torch.zeros((1, 1, keys), device=allowed.device)
-            additive = torch.stack(
-                [(zeros if row is None else row).expand(*leading, keys) for row in rows_additive], dim=2
-            )
-        return allowed & stacked, additive
+        rows = [
+            mask[:, :, -1, : first + offset] if mask is not None else allowed.new_ones((1, 1, first + offset))
+            for offset, mask in enumerate(masks)
+        ]
+        if any(row.dtype != torch.bool for row in rows):
+            rows = [_additive(row) for row in rows]
+        blocked = False if rows[0].dtype == torch.bool else float("-inf")
+        leading = torch.broadcast_shapes(*(row.shape[:2] for row in rows))
+        padded = [functional.pad(row, (0, keys - row.shape[-1]), value=blocked) for row in rows]
+        stacked = torch.stack([row.expand(*leading, keys) for row in padded], dim=2)
+        return stacked & allowed if blocked is False else stacked.masked_fill(~allowed, blocked)
 
     def fold(self) -> list[StepBlock]:
         """The filled slots as blocks; runs of slots with the same captured kinds stay together."""
