@@ -47,6 +47,21 @@ class CaptureSwitches:
     prompt_max_tokens: int = 1024
 
 
+# Cache layers that only ever append keys (a sliding window's evictions show as a key count that stops
+# growing). Any other layer (quantized, indexed, static...) may rewrite keys a stashed row was scored on.
+# By class name: transformers moves these classes between modules.
+_APPENDING_CACHE_LAYERS = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer"})
+
+
+def cache_layer_appends(cache: Any, layer: int) -> bool:
+    """Whether ``cache``'s self-attention layer ``layer`` keeps earlier keys as they were."""
+    self_attention = getattr(cache, "self_attention_cache", cache)  # an encoder-decoder cache's decoder part
+    layers = getattr(self_attention, "layers", None)
+    if not isinstance(layers, (list, tuple)) or layer >= len(layers):
+        return False
+    return type(layers[layer]).__name__ in _APPENDING_CACHE_LAYERS
+
+
 def _host_bytes(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None or tensor.device.type != "cpu" else tensor.numel() * tensor.element_size()
 
@@ -85,6 +100,7 @@ class CaptureSession:
         self.max_block_steps = max(1, max_block_steps)
         # Beam search reorders the cache between steps: each step's attention is scored on its own keys.
         self.per_step_attention = per_step_attention
+        self._appending: dict[int, bool] = {}  # per layer: its cache layer appends (decided once)
         self.is_encoder_decoder = is_encoder_decoder
         self.started = time.perf_counter()
         self.step_seconds: list[float] = []
@@ -306,7 +322,10 @@ class CaptureSession:
                 return
             if self._in_prefill() and self._prompt_fits(query.shape[2]):
                 self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
-            self._stash.put_attention(layer, query, key, mask, kwargs, self.per_step_attention)
+            if layer not in self._appending:
+                self._appending[layer] = cache_layer_appends(self.cache, layer)
+            per_step = self.per_step_attention or not self._appending[layer]
+            self._stash.put_attention(layer, query, key, mask, kwargs, per_step)
         except Exception as error:  # noqa: BLE001
             self.fail("attention", error)
 

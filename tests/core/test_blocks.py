@@ -173,3 +173,22 @@ def test_compiled_forward_with_a_static_cache(telemetry, instrumented):
     for kind in ("attention", "hidden_states"):
         assert (kind in captured) != (f"{kind}: " in lost), kind  # captured, or said to be lost
     assert "logits" in captured and span.attributes["corevital.steps.count"] == 6
+
+
+def test_only_cache_layers_that_append_are_scored_later():
+    """A stashed row is scored on later keys only when its cache layer keeps earlier keys as they were."""
+    from types import SimpleNamespace
+
+    from corevital_otel.capture.session import cache_layer_appends
+
+    dynamic = transformers.DynamicCache()
+    dynamic.layers.append(transformers.cache_utils.DynamicLayer())
+    assert cache_layer_appends(dynamic, 0)
+    assert cache_layer_appends(transformers.EncoderDecoderCache(dynamic, transformers.DynamicCache()), 0)
+    assert not cache_layer_appends(dynamic, 1)  # not created yet: unknown
+    assert not cache_layer_appends(None, 0)  # no cache: every forward recomputes the keys
+    # Decided by class name (transformers moves these classes between modules); QuantizedLayer is abstract.
+    quantized = SimpleNamespace(layers=[type("QuantizedLayer", (), {})()])
+    assert not cache_layer_appends(quantized, 0)  # re-quantizing rewrites earlier keys
+    static = SimpleNamespace(layers=[transformers.cache_utils.StaticLayer(max_cache_len=8)])
+    assert not cache_layer_appends(static, 0)
