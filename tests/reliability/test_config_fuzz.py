@@ -70,7 +70,7 @@ def _assert_valid(option: str, value: Any) -> None:
         assert isinstance(value, frozenset) and all(isinstance(name, str) for name in value)
     elif option == "intervention_risk_threshold":
         assert isinstance(value, float) and math.isfinite(value) and 0.0 < value <= 1.0
-    elif option in ("prompt_max_tokens", "max_step_events"):
+    elif option in ("prompt_max_tokens", "max_step_events", "max_span_kib"):
         assert type(value) is int and value >= 0
     elif option == "block_steps":
         assert type(value) is int and 1 <= value <= MAX_BLOCK_STEPS
