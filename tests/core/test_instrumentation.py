@@ -17,6 +17,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.pipelines.base import Pipeline
 
 import corevital_otel
+from corevital_otel import patching
 from corevital_otel.config import ENVIRONMENT_VARIABLES
 from corevital_otel.instrumentor import CoreVitalInstrumentor
 
@@ -24,11 +25,17 @@ from .helpers import instrument_with, run_python
 
 
 def _patched_objects() -> dict[str, object]:
-    """The class attributes instrumentation may replace, read from the classes' own dicts."""
+    """Every class attribute of the patch table, read from its class's own dict (None: inherited)."""
     return {
-        "generate": GenerationMixin.__dict__["generate"],
-        "get_interface": AttentionInterface.__dict__["get_interface"],
-        "pipeline_init": Pipeline.__dict__["__init__"],
+        target.attribute: vars(target.locate()).get(target.attribute) for target in patching.TARGETS
+    }
+
+
+def test_the_patch_table_names_what_instrumentation_replaces():
+    assert {(target.locate(), target.attribute) for target in patching.TARGETS} == {
+        (GenerationMixin, "generate"),
+        (AttentionInterface, "get_interface"),
+        (Pipeline, "__init__"),
     }
 
 
@@ -44,8 +51,7 @@ def test_uninstrument_restores_the_identical_objects(telemetry):
     instrument_with(telemetry, load_entry_point_plugins=False)
     assert corevital_otel.is_instrumented()
     patched = _patched_objects()
-    assert patched["generate"] is not originals["generate"]
-    assert patched["get_interface"] is not originals["get_interface"]
+    assert all(patched[name] is not original for name, original in originals.items())
     # The wrapper looks like the original to introspection.
     assert patched["generate"].__wrapped__ is originals["generate"]
     assert inspect.signature(patched["generate"]) == inspect.signature(originals["generate"])
