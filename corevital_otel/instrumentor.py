@@ -100,10 +100,13 @@ class CoreVitalInstrumentor(BaseInstrumentor):
             from .integrations.langfuse import LangfuseScores, client_from_option
 
             extra_plugins = (*extra_plugins, LangfuseScores(client_from_option(options.langfuse_scores)))
-        plugins = PluginHost.load(extra_plugins, options.disabled_plugins, options.load_entry_point_plugins)
+        plugins = PluginHost.load(
+            extra_plugins, options.disabled_plugins, options.load_entry_point_plugins, options.builtin_plugins
+        )
         plugins.check_options(options.plugin_options)
-        failures: list[PluginFailure] = []
-        # A failure here is logged once by the plugin host, then counted and reported on every span.
+        # A plugin that failed to load or to declare its metrics is logged once by the plugin host, then
+        # counted and reported on every span.
+        failures: list[PluginFailure] = list(plugins.load_failures)
         declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}
         runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared), failures)
         self.runtime = runtime

@@ -29,7 +29,7 @@ def test_span_and_metrics_arrive_as_otlp_protobuf(otlp_receiver, otlp_providers)
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         plugins=[logits_plugin],
-        load_entry_point_plugins=False,
+        builtin_plugins=False,
     )
     model = build_model("mistral")
     ids, mask = prompt_batch(batch=2, length=5)

@@ -87,7 +87,7 @@ GARBAGE = {
 def test_garbage_is_the_plugins_own_failure(kind, instrumented):
     model = build_model("llama")
     reference = [_call(model) for _ in range(2)]
-    telemetry = instrumented(plugins=[GarbagePlugin(kind), logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[GarbagePlugin(kind), logits_plugin], builtin_plugins=False)
 
     outputs = [_call(model) for _ in range(2)]
 
@@ -147,7 +147,7 @@ def test_non_finite_and_oversized_values_travel_as_valid_otlp(otlp_receiver):
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             plugins=[OddValuesPlugin(), logits_plugin],
-            load_entry_point_plugins=False,
+            builtin_plugins=False,
         )
         assert torch.equal(_call(model), reference)
         meter_provider.force_flush()
@@ -198,7 +198,7 @@ def test_a_slow_plugin_delays_only_its_own_call(phase, instrumented):
     model = build_model("qwen2")
     reference = _call(model)
     plugin = BlockingPlugin(phase)
-    telemetry = instrumented(plugins=[plugin, logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[plugin, logits_plugin], builtin_plugins=False)
     slow: dict[str, Any] = {}
 
     def slow_call() -> None:
