@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .caller_context import context
 from .config import ConfigError, Options
 from .content import register_tokenizer
+from .families import FamilyCard, family_card, family_names
 from .hookspecs import hookimpl, hookspec
 from .results import GenerationInfo, GenerationResults, StepSeries
 from .telemetry_types import MetricSpec
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigError",
+    "FamilyCard",
     "GenerationInfo",
     "GenerationResults",
     "MetricSpec",
@@ -31,6 +33,8 @@ __all__ = [
     "StepSeries",
     "__version__",
     "context",
+    "family_card",
+    "family_names",
     "hookimpl",
     "hookspec",
     "instrument",

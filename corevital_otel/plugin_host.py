@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+from pydantic import BaseModel, ValidationError
 
 from .config import ConfigError
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, CoreVitalHookSpecs
@@ -71,6 +72,24 @@ def _register(manager: pluggy.PluginManager, plugin: Any, name: str) -> None:
         )
 
 
+def _validate_plugin_options(key: str, value: Any, plugin: str, schema: type[BaseModel]) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"plugin {plugin!r}: plugin_options[{key!r}] must be a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(schema.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"plugin {plugin!r}: plugin_options[{key!r}]: unknown option(s) {', '.join(map(str, unknown))}; "
+            f"allowed: {', '.join(schema.model_fields)}"
+        )
+    try:
+        schema.model_validate(dict(value))
+    except ValidationError as error:
+        details = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in details["loc"])
+        message = f"plugin {plugin!r}: plugin_options[{key!r}][{where!r}]: {details['msg']}"
+        raise ConfigError(message) from None
+
+
 class PluginHost:
     """The registered plugins of one instrumentation, and isolated calls into them."""
 
@@ -81,6 +100,8 @@ class PluginHost:
         self.load_failures = list(load_failures)
         self._logged: set[tuple[str, str]] = set()
         self._callers: dict[tuple[str, str], pluggy.HookCaller] = {}
+        # Every plugin name known at load time, disabled ones included (their options are not typos).
+        self.known_names: set[str] = set()
         for failure in self.load_failures:
             self._log_once(failure.plugin, failure.phase, f"{failure.error_type}: {failure.message}")
 
@@ -130,7 +151,9 @@ class PluginHost:
             if not manager.get_hookcallers(plugin):  # e.g. a string, or a module without @hookimpl
                 raise ConfigError(f"plugins: {plugin!r} implements no corevital hook")
         manager.check_pending()
-        return cls(manager, failures)
+        host = cls(manager, failures)
+        host.known_names = known
+        return host
 
     @property
     def names(self) -> list[str]:
@@ -177,8 +200,29 @@ class PluginHost:
             self._logged.add((plugin, phase))
             logger.warning("corevital plugin %r failed in %s: %s (logged once)", plugin, phase, error)
 
+    def option_schemas(self) -> dict[str, tuple[str, type[BaseModel]]]:
+        """``plugin_options`` key -> (declaring plugin, pydantic schema), from each plugin's
+        ``COREVITAL_OPTIONS`` (a schema for its own key, or a mapping of key to schema)."""
+        schemas: dict[str, tuple[str, type[BaseModel]]] = {}
+        for name, plugin in self.manager.list_name_plugin():
+            declared = getattr(plugin, "COREVITAL_OPTIONS", None)
+            for key, schema in (declared if isinstance(declared, Mapping) else {name: declared}).items():
+                if isinstance(schema, type) and issubclass(schema, BaseModel):
+                    schemas.setdefault(key, (name, schema))
+        return schemas
+
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Let every plugin validate its settings; the first invalid one raises :class:`ConfigError`."""
+        """Validate ``plugin_options``: each entry against the schema its plugin declares (unknown keys
+        refused), then every plugin's own check; the first invalid one raises :class:`ConfigError`."""
+        schemas = self.option_schemas()
+        readers = set(schemas) | set(self.names) | self.known_names
+        for key, value in options.items():
+            if key not in readers:
+                raise ConfigError(
+                    f"plugin_options: no plugin reads {key!r}; plugins and keys: {', '.join(sorted(readers))}"
+                )
+            if key in schemas:
+                _validate_plugin_options(key, value, *schemas[key])
         for implementation in self.implementations("corevital_check_options"):
             try:
                 self._caller("corevital_check_options", implementation.plugin_name)(options=options)

@@ -110,7 +110,7 @@ def test_step_events_bounded_by_the_environment(telemetry, monkeypatch):
     "setting",
     [
         {"COREVITAL_DISABLED_PLUGINS": "logits"},
-        {"COREVITAL_LOAD_PLUGINS": "off"},
+        {"COREVITAL_BUILTIN_PLUGINS": "off"},
         {"COREVITAL_CAPTURE_LOGITS": "FALSE"},
     ],
     ids=lambda setting: next(iter(setting)),
