@@ -31,7 +31,7 @@ COREVITAL_PLUGIN_NAME = "kv_cache"
 
 
 class KvCacheOptions(_options.PluginOptions):
-    peak_memory: Any = _options.option(True, "on CUDA, report the generation's peak allocator memory")
+    peak_memory: Any = _options.option(True, "on CUDA, read the allocator's peak around each call")
 
 
 COREVITAL_OPTIONS = KvCacheOptions

@@ -68,9 +68,9 @@ TAIL_TOKENS = 4  # decoded from the end of a token-limit finish: enough for punc
 
 class OutcomeOptions(_options.PluginOptions):
     refusal: Any = _options.option(True, "True (built-in phrases), False, or a list of refusal phrases")
-    format: Any = _options.option(None, "a validator of the output text: callable(text) -> bool")
-    sentence_end: Any = _options.option(True, "check that a row stopped by EOS ends a sentence")
-    text_window: Any = _options.option(64, "tokens decoded for the text checks")
+    format: Any = _options.option(None, "a regex the stripped text must match, or a callable(text)")
+    sentence_end: Any = _options.option(True, "a token-limit finish that ends a sentence is not truncated")
+    text_window: Any = _options.option(64, "tokens decoded for the empty and refusal checks")
 
 
 COREVITAL_OPTIONS = OutcomeOptions
