@@ -93,7 +93,12 @@ def _validate_plugin_options(key: str, value: Any, plugin: str, schema: type[Bas
 class PluginHost:
     """The registered plugins of one instrumentation, and isolated calls into them."""
 
-    def __init__(self, manager: pluggy.PluginManager, load_failures: Iterable[PluginFailure] = ()) -> None:
+    def __init__(
+        self,
+        manager: pluggy.PluginManager,
+        load_failures: Iterable[PluginFailure] = (),
+        known_names: Iterable[str] = (),
+    ) -> None:
         self.manager = manager
         # Plugins that could not be loaded (a third-party module that fails to import, a refused
         # plugin): reported on every span and counted like any plugin failure.
@@ -101,7 +106,7 @@ class PluginHost:
         self._logged: set[tuple[str, str]] = set()
         self._callers: dict[tuple[str, str], pluggy.HookCaller] = {}
         # Every plugin name known at load time, disabled ones included (their options are not typos).
-        self.known_names: set[str] = set()
+        self.known_names = set(known_names) | set(self.names)
         for failure in self.load_failures:
             self._log_once(failure.plugin, failure.phase, f"{failure.error_type}: {failure.message}")
 
@@ -151,9 +156,7 @@ class PluginHost:
             if not manager.get_hookcallers(plugin):  # e.g. a string, or a module without @hookimpl
                 raise ConfigError(f"plugins: {plugin!r} implements no corevital hook")
         manager.check_pending()
-        host = cls(manager, failures)
-        host.known_names = known
-        return host
+        return cls(manager, failures, known)
 
     @property
     def names(self) -> list[str]:
@@ -215,7 +218,7 @@ class PluginHost:
         """Validate ``plugin_options``: each entry against the schema its plugin declares (unknown keys
         refused), then every plugin's own check; the first invalid one raises :class:`ConfigError`."""
         schemas = self.option_schemas()
-        readers = set(schemas) | set(self.names) | self.known_names
+        readers = set(schemas) | self.known_names
         for key, value in options.items():
             if key not in readers:
                 raise ConfigError(
