@@ -18,10 +18,10 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
-from pydantic import BaseModel, ValidationError
 
 from .config import ConfigError
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, CoreVitalHookSpecs
+from .plugin_options import check_plugin_options
 from .telemetry_types import MetricSpec
 
 logger = logging.getLogger(__name__)
@@ -70,24 +70,6 @@ def _register(manager: pluggy.PluginManager, plugin: Any, name: str) -> None:
             "does not run (it calls each plugin on its own, so one failure never stops the others); "
             "implement the hook plainly, ordered with tryfirst/trylast if needed"
         )
-
-
-def _validate_plugin_options(key: str, value: Any, plugin: str, schema: type[BaseModel]) -> None:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"plugin {plugin!r}: plugin_options[{key!r}] must be a mapping, got {value!r}")
-    unknown = sorted(set(value) - set(schema.model_fields))
-    if unknown:
-        raise ConfigError(
-            f"plugin {plugin!r}: plugin_options[{key!r}]: unknown option(s) {', '.join(map(str, unknown))}; "
-            f"allowed: {', '.join(schema.model_fields)}"
-        )
-    try:
-        schema.model_validate(dict(value))
-    except ValidationError as error:
-        details = error.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in details["loc"])
-        message = f"plugin {plugin!r}: plugin_options[{key!r}][{where!r}]: {details['msg']}"
-        raise ConfigError(message) from None
 
 
 class PluginHost:
@@ -203,29 +185,10 @@ class PluginHost:
             self._logged.add((plugin, phase))
             logger.warning("corevital plugin %r failed in %s: %s (logged once)", plugin, phase, error)
 
-    def option_schemas(self) -> dict[str, tuple[str, type[BaseModel]]]:
-        """``plugin_options`` key -> (declaring plugin, pydantic schema), from each plugin's
-        ``COREVITAL_OPTIONS`` (a schema for its own key, or a mapping of key to schema)."""
-        schemas: dict[str, tuple[str, type[BaseModel]]] = {}
-        for name, plugin in self.manager.list_name_plugin():
-            declared = getattr(plugin, "COREVITAL_OPTIONS", None)
-            for key, schema in (declared if isinstance(declared, Mapping) else {name: declared}).items():
-                if isinstance(schema, type) and issubclass(schema, BaseModel):
-                    schemas.setdefault(key, (name, schema))
-        return schemas
-
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Validate ``plugin_options``: each entry against the schema its plugin declares (unknown keys
-        refused), then every plugin's own check; the first invalid one raises :class:`ConfigError`."""
-        schemas = self.option_schemas()
-        readers = set(schemas) | self.known_names
-        for key, value in options.items():
-            if key not in readers:
-                raise ConfigError(
-                    f"plugin_options: no plugin reads {key!r}; plugins and keys: {', '.join(sorted(readers))}"
-                )
-            if key in schemas:
-                _validate_plugin_options(key, value, *schemas[key])
+        """Validate ``plugin_options`` against the schemas plugins declare, then let every plugin check
+        its settings; the first invalid one raises :class:`ConfigError`."""
+        check_plugin_options(options, dict(self.manager.list_name_plugin()), self.known_names)
         for implementation in self.implementations("corevital_check_options"):
             try:
                 self._caller("corevital_check_options", implementation.plugin_name)(options=options)

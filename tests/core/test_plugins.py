@@ -13,6 +13,7 @@ from pathlib import Path
 import pluggy
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict
 from tiny_models import build_model, prompt_batch
 
 import corevital_otel
@@ -243,3 +244,47 @@ def test_calls_go_through_pluggy_so_its_tracing_sees_them_and_failures_stay_isol
     assert [(f.plugin, f.phase, f.error_type) for f in failures] == [
         ("failing", "corevital_assess", "RuntimeError")
     ]
+
+
+class _MineOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window: int = 8
+    label: str = "x"
+
+
+class _WithOptions:
+    COREVITAL_PLUGIN_NAME = "mine"
+    COREVITAL_OPTIONS = _MineOptions
+
+    @corevital_otel.hookimpl
+    def corevital_generation_start(self, info):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("plugin_options", "expected"),
+    [
+        (
+            {"mine": {"windw": 3}},
+            r"^plugin 'mine': plugin_options\['mine'\]: unknown option\(s\) windw; allowed: window, label$",
+        ),
+        (
+            {"mine": {"window": "wide"}},
+            r"^plugin 'mine': plugin_options\['mine'\]\['window'\]: Input should be a valid integer",
+        ),
+        ({"mine": ["window"]}, r"^plugin 'mine': plugin_options\['mine'\] must be a mapping"),
+        ({"miner": {}}, r"^plugin_options: no plugin reads 'miner'; plugins and keys: .*mine"),
+    ],
+    ids=["unknown key", "invalid value", "not a mapping", "unknown entry"],
+)
+def test_plugin_options_are_checked_against_the_plugins_schema(plugin_options, expected):
+    with pytest.raises(corevital_otel.ConfigError, match=expected):
+        corevital_otel.instrument(plugins=[_WithOptions()], plugin_options=plugin_options)
+    assert not corevital_otel.is_instrumented()
+
+
+def test_valid_plugin_options_and_those_of_a_disabled_plugin_are_accepted(instrumented):
+    instrumented(plugins=[_WithOptions()], plugin_options={"mine": {"window": 3}, "risk": {"running": False}})
+    corevital_otel.uninstrument()
+    instrumented(disabled_plugins={"risk"}, plugin_options={"risk": {"running": False}})
+    assert corevital_otel.is_instrumented()

@@ -145,9 +145,7 @@ def test_a_built_wheel_carries_every_family_card(tmp_path):
     subprocess.run([*command, str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {
-        name.rsplit("/", 1)[1] for name in names if name.startswith("corevital_otel/family_cards/")
-    }
+    shipped = {name.rsplit("/", 1)[1] for name in names if name.startswith("corevital_otel/family_cards/")}
     assert shipped == {f"{family}.json" for family in available_families()}
 
 

@@ -227,7 +227,7 @@ def test_a_slow_plugin_delays_only_its_own_call(phase, instrumented):
 
 
 def test_a_broken_builtin_plugin_is_switched_off_by_configuration(telemetry, monkeypatch):
-    """A built-in (entry-point) plugin breaks; COREVITAL_DISABLED_PLUGINS turns it off, nothing else."""
+    """A built-in plugin breaks; COREVITAL_DISABLED_PLUGINS turns it off, nothing else."""
 
     @hookimpl(trylast=True)
     def corevital_assess(info, series, results) -> None:
