@@ -1,21 +1,25 @@
 """The one table of what corevital patches in transformers, wrapped and unwrapped by one mechanism.
 
-Every target is an attribute of a transformers class. :func:`wrap` replaces it with a
-``wrapt.FunctionWrapper`` (the proxy opentelemetry-instrumentation's ``unwrap`` also recognises) around the
-attribute's raw object; :func:`unwrap` puts back exactly what the class held before: the same object in
-the class's own ``__dict__``, or nothing when the attribute was inherited. A wrapper has wrapt's signature
-``wrapper(wrapped, instance, args, kwargs)``.
+Every target is a method of a transformers class. :func:`wrap` replaces it with a plain function that
+calls ``wrapper(wrapped, instance, args, kwargs)`` (wrapt's signature; ``wrapped`` is the original bound
+to the instance); :func:`unwrap` puts back exactly what the class held before: the same object in the
+class's own ``__dict__``, or nothing when the attribute was inherited.
+
+A plain function rather than a ``wrapt.FunctionWrapper`` proxy: torch.compile traces into a plain
+function (the attention wrapper then looks the active capture up on every call), while it looks through
+a wrapt proxy to the original and bakes that in, so a forward compiled while instrumented would lose
+its attention rows.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import wrapt
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
@@ -54,15 +58,15 @@ TARGETS: tuple[PatchTarget, ...] = (GENERATE, ATTENTION_FUNCTION, PIPELINE_INIT)
 class _Installed:
     owner: type
     had_own: bool  # the attribute was in the class's own __dict__ (else inherited)
-    original: Any  # the raw object found there (a function, or a descriptor such as classmethod)
-    proxy: wrapt.FunctionWrapper
+    original: Callable[..., Any]  # the function found there
+    proxy: Callable[..., Any]
 
 
 _installed: dict[PatchTarget, _Installed] = {}
 
 
 def original(target: PatchTarget) -> Any:
-    """The raw object our wrapper of ``target`` wraps (KeyError when it is not installed)."""
+    """The function our wrapper of ``target`` wraps (KeyError when it is not installed)."""
     return _installed[target].original
 
 
@@ -75,7 +79,13 @@ def wrap(target: PatchTarget, wrapper: Wrapper) -> bool:
         return False
     had_own = target.attribute in vars(owner)
     raw = inspect.getattr_static(owner, target.attribute)
-    proxy = wrapt.FunctionWrapper(raw, wrapper)
+    if not isinstance(raw, types.FunctionType):
+        raise TypeError(f"patching: {target.owner}.{target.attribute} is not a plain method: {raw!r}")
+
+    @functools.wraps(raw)
+    def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(raw.__get__(self, type(self)), self, args, kwargs)
+
     setattr(owner, target.attribute, proxy)
     _installed[target] = _Installed(owner, had_own, raw, proxy)
     return True
