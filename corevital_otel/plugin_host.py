@@ -104,7 +104,12 @@ class PluginHost:
         manager.add_hookspecs(CoreVitalHookSpecs)
         disabled = set(disabled)
         builtins = _builtin_plugins()
-        installed = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        # An install made before the built-ins left the entry-point group still lists them: never
+        # third-party plugins, they are skipped (or builtin_plugins=False would bring them back).
+        installed = sorted(
+            (ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.module not in builtins.values()),
+            key=lambda ep: ep.name,
+        )
         extra_plugins = tuple(extra_plugins)
         # A misspelt name would leave the plugin someone meant to switch off running.
         known = set(builtins) | {ep.name for ep in installed} | {_plugin_name(p) for p in extra_plugins}
@@ -121,9 +126,7 @@ class PluginHost:
             if entry_point.name in disabled:
                 continue
             try:
-                plugin = entry_point.load()
-                if not manager.is_registered(plugin):  # e.g. an old install naming a built-in module
-                    _register(manager, plugin, entry_point.name)
+                _register(manager, entry_point.load(), entry_point.name)
             except Exception as error:  # noqa: BLE001 - a broken third-party plugin must not stop us
                 failure = PluginFailure(entry_point.name, LOAD_PHASE, type(error).__name__, str(error)[:200])
                 failures.append(failure)

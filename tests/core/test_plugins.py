@@ -288,3 +288,12 @@ def test_valid_plugin_options_and_those_of_a_disabled_plugin_are_accepted(instru
     corevital_otel.uninstrument()
     instrumented(disabled_plugins={"risk"}, plugin_options={"risk": {"running": False}})
     assert corevital_otel.is_instrumented()
+
+
+def test_entry_points_naming_builtin_modules_are_ignored(tmp_path, monkeypatch):
+    """An environment installed when the built-ins were entry points still lists them: they stay built-ins."""
+    _write_dist(tmp_path, "corevital_otel_stale", {"logits": "corevital_otel.plugins.logits"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert PluginHost.load(use_builtins=False).names == []
+    host = PluginHost.load()
+    assert host.names == list(BUILTIN_PLUGINS) and host.load_failures == []
