@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .caller_context import context
 from .config import ConfigError, Options
 from .content import register_tokenizer
+from .families import FamilyCard, family_card, family_names
 from .hookspecs import hookimpl, hookspec
 from .results import GenerationInfo, GenerationResults, StepSeries, row_values
 from .telemetry_types import MetricSpec
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigError",
+    "FamilyCard",
     "GenerationInfo",
     "GenerationResults",
     "MetricSpec",
@@ -31,6 +33,8 @@ __all__ = [
     "StepSeries",
     "__version__",
     "context",
+    "family_card",
+    "family_names",
     "hookimpl",
     "hookspec",
     "instrument",
@@ -44,11 +48,20 @@ __all__ = [
 def instrument(tracer_provider: Any = None, meter_provider: Any = None, **options: Any) -> Any:
     """Trace every ``generate()`` in this process. Uses the given providers, else the global ones.
 
-    Options (each also readable from a ``COREVITAL_*`` variable, see docs/configuration.md):
-    ``capture_mode``, ``capture_logits``, ``capture_hidden_states``, ``capture_attention``,
-    ``max_step_events``, ``block_steps``, ``plugins``, ``disabled_plugins``, ``load_entry_point_plugins``,
-    ``plugin_options``, ``on_step``. Raises :class:`ConfigError` on an invalid value.
-    Returns the instrumentor. Calling it again while instrumented does nothing.
+    Options (schema: :class:`corevital_otel.config.Options`; most also read from a ``COREVITAL_*``
+    variable, see docs/configuration.md):
+
+    - what is captured: ``capture_mode`` (``full``/``summary``/``on_risk``), ``capture_logits``,
+      ``capture_hidden_states``, ``capture_attention``, ``capture_prompt``, ``prompt_max_tokens``,
+      ``capture_content`` (message content, off by default);
+    - how it is emitted and computed: ``max_step_events``, ``max_span_kib``, ``block_steps``;
+    - plugins: ``builtin_plugins``, ``load_entry_point_plugins`` (third-party ones), ``disabled_plugins``,
+      ``plugins`` (extra plugin objects), ``plugin_options`` (checked against each plugin's schema);
+    - live use: ``on_step`` (a callback per step), ``intervene`` and ``intervention_risk_threshold``
+      (stop a row early), ``langfuse_scores`` (risk and flags as Langfuse scores).
+
+    Raises :class:`ConfigError` on an invalid value. Returns the instrumentor. Calling it again while
+    instrumented does nothing.
     """
     from .config import resolve_options
     from .instrumentor import CoreVitalInstrumentor

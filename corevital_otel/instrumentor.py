@@ -9,19 +9,19 @@ generates pays nothing for torch, transformers or the plugins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
-from .capture.attention import install_attention_capture, uninstall_attention_capture
+from . import patching
 from .config import Options, resolve_options
 from .content import register_tokenizer
-from .patching import patch_generate, patch_pipeline_init, unpatch_generate, unpatch_pipeline_init
 
 if TYPE_CHECKING:
     from .generation import Runtime
@@ -34,10 +34,20 @@ _INSTRUMENTS = ("transformers >= 5.0, < 6",)
 TRIGGER_MODULE = "transformers.modeling_utils"
 
 
-def _remember_pipeline_tokenizer(pipeline: Any) -> None:
-    model, tokenizer = getattr(pipeline, "model", None), getattr(pipeline, "tokenizer", None)
-    if model is not None and tokenizer is not None:
-        register_tokenizer(model, tokenizer)
+def _pipeline_built(wrapped: Any, pipeline: Any, args: tuple, kwargs: dict) -> None:
+    """The wrapper of ``Pipeline.__init__``: learn the pipeline model's tokenizer (for content)."""
+    wrapped(*args, **kwargs)
+    # Observing a pipeline must never break building it.
+    with contextlib.suppress(Exception):
+        model, tokenizer = getattr(pipeline, "model", None), getattr(pipeline, "tokenizer", None)
+        if model is not None and tokenizer is not None:
+            register_tokenizer(model, tokenizer)
+
+
+def _traced_generate(run: Callable[..., Any], wrapped: Any, model: Any, args: tuple, kwargs: dict) -> Any:
+    """The wrapper of ``GenerationMixin.generate``: ``run(original, model, args, kwargs)`` calls
+    ``original(model, ...)``, while wrapt hands us generate already bound to the model."""
+    return run(lambda _model, *a, **k: wrapped(*a, **k), model, args, kwargs)
 
 
 class CoreVitalInstrumentor(BaseInstrumentor):
@@ -80,6 +90,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
             )
 
     def _activate(self, options: Options, tracer_provider: Any, meter_provider: Any) -> None:
+        from .capture.attention import attention_function
         from .generation import Runtime, run_instrumented
         from .plugin_host import PluginFailure, PluginHost
         from .telemetry import Telemetry
@@ -89,22 +100,28 @@ class CoreVitalInstrumentor(BaseInstrumentor):
             from .integrations.langfuse import LangfuseScores, client_from_option
 
             extra_plugins = (*extra_plugins, LangfuseScores(client_from_option(options.langfuse_scores)))
-        plugins = PluginHost.load(extra_plugins, options.disabled_plugins, options.load_entry_point_plugins)
+        plugins = PluginHost.load(
+            extra_plugins, options.disabled_plugins, options.load_entry_point_plugins, options.builtin_plugins
+        )
         plugins.check_options(options.plugin_options)
-        failures: list[PluginFailure] = []
-        # A failure here is logged once by the plugin host, then counted and reported on every span.
+        # A plugin that failed to load or to declare its metrics is logged once by the plugin host, then
+        # counted and reported on every span.
+        failures: list[PluginFailure] = list(plugins.load_failures)
         declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}
         runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared), failures)
         self.runtime = runtime
-        patch_generate(functools.partial(run_instrumented, runtime))
-        install_attention_capture()
-        patch_pipeline_init(_remember_pipeline_tokenizer)
+        run = functools.partial(run_instrumented, runtime)
+        patching.wrap_all(
+            {
+                patching.GENERATE: functools.partial(_traced_generate, run),
+                patching.ATTENTION_FUNCTION: attention_function,
+                patching.PIPELINE_INIT: _pipeline_built,
+            }
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         CoreVitalInstrumentor._waiting = None
         if self.runtime is None:
             return  # never activated: transformers was not imported, nothing was patched
-        unpatch_generate()
-        uninstall_attention_capture()
-        unpatch_pipeline_init()
+        patching.unwrap_all()
         self.runtime = None

@@ -1,78 +1,126 @@
-"""Replaces ``GenerationMixin.generate`` with a tracing wrapper, and puts the original back exactly."""
+"""The one table of what corevital patches in transformers, wrapped and unwrapped by one mechanism.
+
+Every target is a method of a transformers class. :func:`wrap` replaces it with a plain function that
+calls ``wrapper(wrapped, instance, args, kwargs)`` (wrapt's signature; ``wrapped`` is the original bound
+to the instance); :func:`unwrap` puts back exactly what the class held before: the same object in the
+class's own ``__dict__``, or nothing when the attribute was inherited.
+
+A plain function rather than a ``wrapt.FunctionWrapper`` proxy: torch.compile traces into a plain
+function (the attention wrapper then looks the active capture up on every call), while it looks through
+a wrapt proxy to the original and bakes that in, so a forward compiled while instrumented would lose
+its attention rows.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable
+import importlib
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-_ORIGINAL_MARK = "__corevital_original__"
+Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
 
-def _generation_mixin() -> type:
-    from transformers.generation.utils import GenerationMixin
+@dataclass(frozen=True)
+class PatchTarget:
+    module: str
+    owner: str
+    attribute: str
+    why: str
 
-    return GenerationMixin
-
-
-def patch_generate(run: Callable[[Any, Any, tuple, dict], Any]) -> None:
-    """Route every ``generate()`` through ``run(original, model, args, kwargs)`` (idempotent)."""
-    mixin = _generation_mixin()
-    current = mixin.__dict__["generate"]
-    original = getattr(current, _ORIGINAL_MARK, current)
-
-    @functools.wraps(original)
-    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return run(original, self, args, kwargs)
-
-    setattr(generate, _ORIGINAL_MARK, original)
-    mixin.generate = generate
+    def locate(self) -> type | None:
+        """The class to patch; None when this transformers has no such module or class."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            return None
+        owner = getattr(module, self.owner, None)
+        return owner if isinstance(owner, type) and hasattr(owner, self.attribute) else None
 
 
-def unpatch_generate() -> None:
-    """Restore the original function object if our wrapper is still the one installed."""
-    mixin = _generation_mixin()
-    current = mixin.__dict__["generate"]
-    original = getattr(current, _ORIGINAL_MARK, None)
-    if original is not None:
-        mixin.generate = original
+GENERATE = PatchTarget(
+    "transformers.generation.utils", "GenerationMixin", "generate", "every generate() call is traced"
+)
+# Models fetch their attention function at call time through this method (see capture/attention.py).
+ATTENTION_FUNCTION = PatchTarget(
+    "transformers.modeling_utils", "AttentionInterface", "get_interface", "new-query attention rows"
+)
+PIPELINE_INIT = PatchTarget(
+    "transformers.pipelines.base", "Pipeline", "__init__", "a pipeline's tokenizer decodes content"
+)
+TARGETS: tuple[PatchTarget, ...] = (GENERATE, ATTENTION_FUNCTION, PIPELINE_INIT)
 
 
-def is_patched() -> bool:
-    return hasattr(_generation_mixin().__dict__["generate"], _ORIGINAL_MARK)
+@dataclass(frozen=True)
+class _Installed:
+    owner: type
+    had_own: bool  # the attribute was in the class's own __dict__ (else inherited)
+    original: Callable[..., Any]  # the function found there
+    proxy: Callable[..., Any]
 
 
-def _pipeline_class() -> type | None:
-    try:
-        from transformers.pipelines.base import Pipeline
-    except ImportError:
-        return None
-    return Pipeline
+_installed: dict[PatchTarget, _Installed] = {}
 
 
-def patch_pipeline_init(on_pipeline: Callable[[Any], None]) -> None:
-    """After a pipeline is built, call ``on_pipeline(pipeline)`` (to learn its model's tokenizer)."""
-    pipeline = _pipeline_class()
-    if pipeline is None or hasattr(pipeline.__dict__["__init__"], _ORIGINAL_MARK):
+def original(target: PatchTarget) -> Any:
+    """The function our wrapper of ``target`` wraps (KeyError when it is not installed)."""
+    return _installed[target].original
+
+
+def wrap(target: PatchTarget, wrapper: Wrapper) -> bool:
+    """Install ``wrapper`` around ``target`` (replacing an earlier wrapper of ours); False when this
+    transformers lacks the target."""
+    unwrap(target)
+    owner = target.locate()
+    if owner is None:
+        return False
+    had_own = target.attribute in vars(owner)
+    raw = inspect.getattr_static(owner, target.attribute)
+    if not isinstance(raw, types.FunctionType):
+        raise TypeError(f"patching: {target.owner}.{target.attribute} is not a plain method: {raw!r}")
+
+    @functools.wraps(raw)
+    def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(raw.__get__(self, type(self)), self, args, kwargs)
+
+    setattr(owner, target.attribute, proxy)
+    _installed[target] = _Installed(owner, had_own, raw, proxy)
+    return True
+
+
+def unwrap(target: PatchTarget) -> None:
+    """Restore ``target`` exactly, if our wrapper is still the one installed (another instrumentation
+    that wrapped it after us keeps its wrapper; ours then stays beneath it)."""
+    installed = _installed.pop(target, None)
+    if installed is None or vars(installed.owner).get(target.attribute) is not installed.proxy:
         return
-    original = pipeline.__dict__["__init__"]
-
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        # Observing a pipeline must never break building it.
-        with contextlib.suppress(Exception):
-            on_pipeline(self)
-
-    setattr(__init__, _ORIGINAL_MARK, original)
-    pipeline.__init__ = __init__
+    if installed.had_own:
+        setattr(installed.owner, target.attribute, installed.original)
+    else:
+        delattr(installed.owner, target.attribute)
 
 
-def unpatch_pipeline_init() -> None:
-    pipeline = _pipeline_class()
-    if pipeline is None:
-        return
-    original = getattr(pipeline.__dict__["__init__"], _ORIGINAL_MARK, None)
-    if original is not None:
-        pipeline.__init__ = original
+def wrap_all(wrappers: Mapping[PatchTarget, Wrapper]) -> None:
+    """Wrap every target of the table; a target without a wrapper is a programming error."""
+    missing = [target.attribute for target in TARGETS if target not in wrappers]
+    if missing or len(wrappers) != len(TARGETS):
+        raise ValueError(f"patching: wrappers must cover exactly the table (missing: {missing})")
+    for target in TARGETS:
+        wrap(target, wrappers[target])
+
+
+def unwrap_all() -> None:
+    for target in TARGETS:
+        unwrap(target)
+
+
+def installed() -> tuple[PatchTarget, ...]:
+    """The targets whose class attribute is our wrapper right now."""
+    return tuple(
+        target
+        for target, entry in _installed.items()
+        if vars(entry.owner).get(target.attribute) is entry.proxy
+    )

@@ -1,6 +1,7 @@
-"""Per-model-family thresholds, shipped as JSON package data (``profiles/<family>.json``).
+"""Per-model-family thresholds: the ``thresholds`` section of each family card
+(``corevital_otel/family_cards/<family>.json``, read through ``corevital_otel.family_card``).
 
-``default.json`` holds every threshold; a family file overrides some of them and may ``extend`` another
+``default.json`` holds every threshold; a family card overrides some of them and may ``extend`` another
 family. A caller overrides values per instrumentation with
 ``instrument(plugin_options={"profile": {"high_entropy_bits": 5.0, "family": "llama"}})``; an unknown
 name or a non-numeric value raises, so a typo never silently keeps the default.
@@ -8,16 +9,17 @@ name or a non-numeric value raises, so a typo never silently keeps the default.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from functools import cache
-from importlib import resources
 from typing import Any
 
-from corevital_otel import GenerationInfo
+from pydantic import create_model
 
-OPTIONS_KEY = "profile"
+from corevital_otel import GenerationInfo, family_card, family_names
+from corevital_otel.plugins._options import PluginOptions, option
+
+PROFILE_KEY = "profile"
 DEFAULT_FAMILY = "default"
 
 
@@ -44,14 +46,18 @@ _INTEGER_FIELDS = {f.name for f in fields(Thresholds) if f.type == "int"}
 _NUMERIC_FIELDS = {f.name for f in fields(Thresholds)} - {"family"}
 
 
-def _profile_file(family: str) -> dict[str, Any]:
-    path = resources.files(__package__).joinpath("profiles", f"{family}.json")
-    return json.loads(path.read_text(encoding="utf-8"))
+# ``plugin_options["profile"]``: another family's profile and/or single thresholds.
+ProfileOptions = create_model(
+    "ProfileOptions",
+    __base__=PluginOptions,
+    family=(Any, option(None, "judge against this family's profile instead of the model's")),
+    **{name: (Any, option(None, "override this threshold")) for name in sorted(_NUMERIC_FIELDS)},
+)
 
 
 def available_families() -> list[str]:
-    folder = resources.files(__package__).joinpath("profiles")
-    return sorted(entry.name[: -len(".json")] for entry in folder.iterdir() if entry.name.endswith(".json"))
+    """Every shipped family card, ``default`` included."""
+    return list(family_names())
 
 
 def _coerce(name: str, value: Any) -> float | int:
@@ -68,25 +74,17 @@ def _coerce(name: str, value: Any) -> float | int:
 
 @cache
 def load_profile(family: str) -> Thresholds:
-    """The thresholds of ``family`` (its file over the files it extends over ``default.json``)."""
-    chain: list[dict[str, Any]] = []
-    name: str | None = family if family in available_families() else DEFAULT_FAMILY
-    resolved = name
-    while name is not None and name != DEFAULT_FAMILY:
-        profile = _profile_file(name)
-        chain.append(profile)
-        name = profile.get("extends")
-    values: dict[str, Any] = dict(_profile_file(DEFAULT_FAMILY)["thresholds"])
-    for profile in reversed(chain):
-        values.update(profile.get("thresholds", {}))
-    return Thresholds(family=str(resolved), **{key: _coerce(key, value) for key, value in values.items()})
+    """The thresholds of ``family`` (its card over the cards it extends over ``default.json``)."""
+    card = family_card(family)
+    values = {key: _coerce(key, value) for key, value in card.thresholds.items()}
+    return Thresholds(family=card.name, **values)
 
 
 def thresholds_for(info: GenerationInfo) -> Thresholds:
     """The profile of the model's family with the caller's ``plugin_options["profile"]`` applied."""
-    overrides: Mapping[str, Any] = info.options.get(OPTIONS_KEY) or {}
+    overrides: Mapping[str, Any] = info.options.get(PROFILE_KEY) or {}
     if not isinstance(overrides, Mapping):
-        raise ValueError(f"plugin_options[{OPTIONS_KEY!r}] must be a mapping, got {type(overrides).__name__}")
+        raise ValueError(f"plugin_options[{PROFILE_KEY!r}] must be a mapping, got {type(overrides).__name__}")
     family = str(overrides.get("family", info.family))
     if "family" in overrides and family not in available_families():
         raise ValueError(f"no corevital profile for family {family!r}; shipped: {available_families()}")

@@ -2,8 +2,8 @@
 
 The risk score's continuous components, the running risk and the compound signals normalise each metric
 between a *typical* value (component 0) and a *bad* one (component 1). Without calibration those come
-from the family table below: reasoned starting points, not fitted to released weights. With a baseline
-calibrated for the model (``corevital-otel calibrate``), they come from the model's own distribution:
+from the family cards (``risk_scales``): reasoned starting points, not fitted to released weights. With a
+baseline calibrated for the model (``corevital-otel calibrate``), they come from the model's own distribution:
 typical = its median, bad = its 99th percentile (1st for metrics where low is bad). That is what keeps a
 healthy run of any model well below 1.0 (see docs/risk.md).
 
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 
-from corevital_otel import GenerationInfo
+from corevital_otel import GenerationInfo, family_card, family_names
 from corevital_otel.plugins import _inputs, _options
 from corevital_otel.plugins._baseline_file import Baseline, BaselineError, baseline_for
 
@@ -61,29 +62,17 @@ class Scales:
         return getattr(self, metric)
 
 
-def _family(entropy: tuple, margin: tuple, topk: tuple, surprisal: tuple) -> dict[str, Scale]:
-    return {
-        "entropy": Scale(*entropy),
-        "margin": Scale(*margin),
-        "topk_mass": Scale(*topk),
-        "surprisal": Scale(*surprisal),
-    }
+@cache
+def family_scales(name: str) -> dict[str, Scale]:
+    """The (typical, bad) scale of each metric for a family (``default``'s for an unknown one)."""
+    scales = family_card(name).risk_scales
+    return {metric: Scale(*map(float, scales[metric])) for metric in METRICS}
 
 
-# (typical, bad) per family. Llama-style instruction models are sharper than GPT-2; a broad vocabulary
-# (Qwen2's 150k tokens) leaves more room in bits before a distribution is truly flat.
-_LLAMA = _family((1.5, 5.0), (0.40, 0.03), (0.92, 0.50), (1.5, 7.0))
-FAMILY_SCALES: dict[str, dict[str, Scale]] = {
-    "default": _family((2.0, 5.0), (0.35, 0.02), (0.90, 0.45), (2.0, 7.0)),
-    "gpt2": _family((3.0, 6.0), (0.25, 0.02), (0.80, 0.40), (3.0, 8.0)),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "mixtral": _LLAMA,
-    "phi3": _LLAMA,
-    "qwen2": {**_LLAMA, "entropy": Scale(1.5, 5.5)},
-    "t5": _family((1.5, 4.5), (0.40, 0.03), (0.92, 0.50), (1.5, 6.5)),
-    "bart": _family((1.5, 4.5), (0.40, 0.03), (0.92, 0.50), (1.5, 6.5)),
-}
+# (typical, bad) per family, from the ``risk_scales`` section of each family card. Llama-style
+# instruction models are sharper than GPT-2; a broad vocabulary (Qwen2's 150k tokens) leaves more room in
+# bits before a distribution is truly flat.
+FAMILY_SCALES: dict[str, dict[str, Scale]] = {name: family_scales(name) for name in family_names()}
 
 
 def _from_baseline(baseline: Baseline, fallback: dict[str, Scale]) -> dict[str, Scale]:
@@ -114,9 +103,9 @@ def resolve(info: GenerationInfo) -> Scales:
     cached = info.state.get("_scales")
     if isinstance(cached, Scales):
         return cached
-    family = info.family if info.family in FAMILY_SCALES else "default"
-    scales = FAMILY_SCALES[family]
-    source = f"family:{family}"
+    card = family_card(info.family)
+    scales = family_scales(card.name)
+    source = f"family:{card.name}"
     entropy_high = _inputs.high_entropy_bits(info)
     try:
         baseline = baseline_for(info.model_name, info.options)

@@ -16,9 +16,11 @@ import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2, entropy_nats
-from corevital_otel.plugins._profiles import Thresholds, thresholds_for
+from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
 from corevital_otel.plugins._summary import publish, wants_detail
 
+# The threshold profile this plugin reads (plugins/_profiles.py).
+COREVITAL_OPTIONS = {PROFILE_KEY: ProfileOptions}
 COREVITAL_PLUGIN_NAME = "attention"
 
 # per-layer series -> (span attribute, reduction over a row's steps); exported in full detail only

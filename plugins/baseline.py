@@ -53,6 +53,15 @@ TAIL = 0.01
 MAX_FLAGGED_STEPS = 8  # anomalous steps flagged for step events per generation
 DEFAULT_ALPHA = 0.1
 WARMUP = 10
+
+
+class BaselineOptions(_options.PluginOptions):
+    path: Any = _options.option(None, "calibrated baseline file(s), a path or a list", ENVIRONMENT_VARIABLE)
+    rolling: Any = _options.option(True, "keep the rolling per-model baseline")
+    alpha: Any = _options.option(DEFAULT_ALPHA, "EMA weight of the rolling baseline")
+
+
+COREVITAL_OPTIONS = BaselineOptions
 SPIKE_SIGMAS = 3.0
 SPIKE_MIN_DELTA: Mapping[str, float] = {"risk": 0.1, "entropy": 0.5}
 EMA_METRICS: Mapping[str, str] = {

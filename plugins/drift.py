@@ -31,7 +31,18 @@ from corevital_otel.plugins import _options, baseline
 COREVITAL_PLUGIN_NAME = "drift"
 EVENT = "corevital.drift"
 SIGNALS = tuple(baseline.EMA_METRICS)  # the signals the rolling baseline averages: risk, entropy
-_OPTIONS = {"fraction", "min_samples", "min_delta", "signals"}
+
+
+class DriftOptions(_options.PluginOptions):
+    fraction: Any = _options.option(0.5, "relative rise over the rolling average that counts as drift")
+    min_samples: Any = _options.option(baseline.WARMUP, "rows the rolling average must have seen first")
+    min_delta: Any = _options.option(
+        dict(baseline.SPIKE_MIN_DELTA), "smallest absolute rise per signal ({signal: value})"
+    )
+    signals: Any = _options.option(list(SIGNALS), "signals watched: risk, entropy")
+
+
+COREVITAL_OPTIONS = DriftOptions
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        raw = _options.settings(options, COREVITAL_PLUGIN_NAME, _OPTIONS)
+        raw = _options.settings(options, COREVITAL_PLUGIN_NAME, DriftOptions)
         fraction = float(raw.get("fraction", 0.5))
         min_samples = int(raw.get("min_samples", baseline.WARMUP))
         signals = tuple(raw.get("signals", SIGNALS))

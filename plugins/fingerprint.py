@@ -17,6 +17,7 @@ import hmac
 import os
 import secrets
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,13 @@ from corevital_otel.plugins._scales import resolve
 COREVITAL_PLUGIN_NAME = "fingerprint"
 VERSION = 1
 SALT_VARIABLE = "COREVITAL_PROMPT_HASH_SALT"
+
+
+class FingerprintOptions(_options.PluginOptions):
+    salt: Any = _options.option(None, "salt of corevital.prompt.hash (random per process)", SALT_VARIABLE)
+
+
+COREVITAL_OPTIONS = FingerprintOptions
 ELEMENTS = (
     "risk_score",
     "entropy_mean",

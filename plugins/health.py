@@ -29,10 +29,12 @@ from corevital_otel import (
     hookimpl,
 )
 from corevital_otel.plugins._loops import LoopTracker
-from corevital_otel.plugins._profiles import Thresholds, thresholds_for
+from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
 from corevital_otel.plugins._summary import masked, publish, wants_detail
 from corevital_otel.plugins.logits import largest_logit
 
+# The threshold profile this plugin reads (plugins/_profiles.py).
+COREVITAL_OPTIONS = {PROFILE_KEY: ProfileOptions}
 COREVITAL_PLUGIN_NAME = "health"
 FLAG_METRIC = "corevital.health.flags"
 _HIGH_ENTROPY_EVENTS = 8  # the highest-entropy steps flagged for an event; more would crowd out the rest

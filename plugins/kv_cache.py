@@ -29,6 +29,13 @@ from corevital_otel.plugins import _options
 
 COREVITAL_PLUGIN_NAME = "kv_cache"
 
+
+class KvCacheOptions(_options.PluginOptions):
+    peak_memory: Any = _options.option(True, "on CUDA, read the allocator's peak around each call")
+
+
+COREVITAL_OPTIONS = KvCacheOptions
+
 BUDGET_KEY = "corevital.context.cache_budget"
 COMPRESSION_KEY = "corevital.context.cache_compression"
 # Caller context key -> metric attribute.
@@ -202,7 +209,7 @@ def corevital_declare_metrics() -> list[MetricSpec]:
 
 @hookimpl
 def corevital_generation_start(info: GenerationInfo) -> None:
-    settings = _options.settings(info.options, COREVITAL_PLUGIN_NAME, ("peak_memory",))
+    settings = _options.settings(info.options, COREVITAL_PLUGIN_NAME, KvCacheOptions)
     device = _cuda_device(info.model) if settings.get("peak_memory", True) else None
     if device is not None:
         torch.cuda.reset_peak_memory_stats(device)  # allocator counters: no device sync

@@ -64,7 +64,16 @@ DEFAULT_REFUSAL_PHRASES = (
 )
 SENTENCE_END = re.compile(r"[.!?…。！？](?:\s*[\"'”’»)\]}])*\Z")
 TAIL_TOKENS = 4  # decoded from the end of a token-limit finish: enough for punctuation and a closing quote
-_OPTIONS = {"refusal", "format", "sentence_end", "text_window"}
+
+
+class OutcomeOptions(_options.PluginOptions):
+    refusal: Any = _options.option(True, "True (built-in phrases), False, or a list of refusal phrases")
+    format: Any = _options.option(None, "a regex the stripped text must match, or a callable(text)")
+    sentence_end: Any = _options.option(True, "a token-limit finish that ends a sentence is not truncated")
+    text_window: Any = _options.option(64, "tokens decoded for the empty and refusal checks")
+
+
+COREVITAL_OPTIONS = OutcomeOptions
 
 Validator = Callable[[str], bool]
 
@@ -102,7 +111,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        raw = _options.settings(options, COREVITAL_PLUGIN_NAME, _OPTIONS)
+        raw = _options.settings(options, COREVITAL_PLUGIN_NAME, OutcomeOptions)
         refusal = raw.get("refusal", True)
         if refusal is True:
             phrases = DEFAULT_REFUSAL_PHRASES

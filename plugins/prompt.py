@@ -30,11 +30,21 @@ from torch.nn import functional
 from corevital_otel import GenerationInfo, GenerationResults, PromptCapture, hookimpl
 from corevital_otel.plugins import _options
 from corevital_otel.plugins._entropy import LN2
-from corevital_otel.plugins._profiles import Thresholds, thresholds_for
+from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
 from corevital_otel.plugins._summary import finite_reduce, wants_detail
 
 COREVITAL_PLUGIN_NAME = "prompt"
 DEFAULT_ATTENTION_QUERIES = 128
+
+
+class PromptOptions(_options.PluginOptions):
+    surprisal: Any = _options.option(False, "per-position prompt surprisal (runs the head over the prompt)")
+    attention_queries: Any = _options.option(
+        DEFAULT_ATTENTION_QUERIES, "longer prompts get attention statistics from this many query positions"
+    )
+
+
+COREVITAL_OPTIONS = {COREVITAL_PLUGIN_NAME: PromptOptions, PROFILE_KEY: ProfileOptions}
 CHUNK_ELEMENTS = 1 << 22  # float32 elements per chunk of logits or attention weights (16 MiB)
 
 
@@ -395,7 +405,7 @@ def analyse(prompt: PromptCapture, thresholds: Thresholds, detail: bool) -> dict
 def corevital_generation_start(info: GenerationInfo) -> None:
     # Prompt surprisal costs the output head over every prompt position (prompt × vocab × width: on
     # GPT-2-small, 128 tokens cost as much as a few generated tokens), so it is opt-in.
-    settings = _options.settings(info.options, COREVITAL_PLUGIN_NAME, ("surprisal", "attention_queries"))
+    settings = _options.settings(info.options, COREVITAL_PLUGIN_NAME, PromptOptions)
     queries = settings.get("attention_queries", DEFAULT_ATTENTION_QUERIES)
     if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
         raise ValueError(

@@ -103,6 +103,17 @@ def row_risk(values: Mapping[str, np.ndarray | None], flags: Flags, scales: Scal
     return RowRisk(score, (*fired, *named), contributions)
 
 
+class RiskOptions(_options.PluginOptions):
+    escalate_threshold: Any = _options.option(
+        DEFAULT_ESCALATE_THRESHOLD, "on_risk: row risk at which the generation gets full detail"
+    )
+    scales: Any = _options.option(None, "risk scales per metric: {metric: [typical, bad]}")
+    running: Any = _options.option(True, "compute the per-step risk.running series")
+
+
+COREVITAL_OPTIONS = RiskOptions
+
+
 def _settings(info: GenerationInfo) -> Mapping[str, Any]:
     return _options.settings(info.options, COREVITAL_PLUGIN_NAME)
 

@@ -14,7 +14,7 @@ def _generate(model) -> None:
 
 
 def test_context_attributes_on_spans_inside_block_only(instrumented):
-    telemetry = instrumented(load_entry_point_plugins=False)
+    telemetry = instrumented(builtin_plugins=False)
     model = build_model("llama")
     with corevital_otel.context(user_id="u-1", session_id="s-1", tags=["beta"]):
         with corevital_otel.context(rag={"context_tokens": 120, "document_ids": ["d1", "d2"]}, user_id="u-2"):
@@ -31,7 +31,7 @@ def test_context_attributes_on_spans_inside_block_only(instrumented):
 
 
 def test_context_never_reaches_metric_attributes(instrumented):
-    telemetry = instrumented(load_entry_point_plugins=False)
+    telemetry = instrumented(builtin_plugins=False)
     with corevital_otel.context(user_id="u-1", session_id="s-1"):
         _generate(build_model("gpt2"))
     for points in telemetry.metrics().values():

@@ -36,9 +36,7 @@ def _generate(model, **kwargs):
 def test_repetition_policy_stops_only_the_signalled_row(instrumented):
     model = build_model("llama")
     baseline = _generate(model)
-    telemetry = instrumented(
-        plugins=[SignalAt(at=3)], load_entry_point_plugins=False, intervene=["repetition"]
-    )
+    telemetry = instrumented(plugins=[SignalAt(at=3)], builtin_plugins=False, intervene=["repetition"])
     stopped = _generate(model)
     prompt = baseline.shape[1] - 8
     # Row 0 keeps the tokens of steps 0..3 (the step that fired keeps its token), then padding.
@@ -57,7 +55,7 @@ def test_repetition_policy_stops_only_the_signalled_row(instrumented):
 def test_without_policies_the_signal_changes_nothing(instrumented):
     model = build_model("llama")
     baseline = _generate(model)
-    telemetry = instrumented(plugins=[SignalAt(at=0)], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[SignalAt(at=0)], builtin_plugins=False)
     assert torch.equal(_generate(model), baseline)
     (span,) = telemetry.generation_spans()
     assert "corevital.intervention.stopped" not in span.attributes
@@ -67,7 +65,7 @@ def test_callers_stopping_criteria_still_apply(instrumented):
     from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 
     model = build_model("gpt2")
-    instrumented(plugins=[SignalAt(at=100)], load_entry_point_plugins=False, intervene=["repetition"])
+    instrumented(plugins=[SignalAt(at=100)], builtin_plugins=False, intervene=["repetition"])
     ids, mask = prompt_batch(batch=1)
     criteria = StoppingCriteriaList([MaxLengthCriteria(max_length=ids.shape[1] + 3)])
     out = model.generate(ids, attention_mask=mask, max_new_tokens=8, stopping_criteria=criteria)

@@ -8,9 +8,16 @@ in several threads never feed each other's capture.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .session import CaptureSession
 
-ACTIVE_CAPTURE: ContextVar[CaptureSession | None] = ContextVar("corevital_active_capture", default=None)
+class AttentionObserver(Protocol):
+    """What the attention wrapper needs of a session (``session.CaptureSession`` is one). A protocol,
+    not an import: the session module imports this one, and types must not close a circle."""
+
+    def observe_attention(
+        self, module: Any, query: Any, key: Any, attention_mask: Any, kwargs: dict
+    ) -> None: ...
+
+
+ACTIVE_CAPTURE: ContextVar[AttentionObserver | None] = ContextVar("corevital_active_capture", default=None)

@@ -1,7 +1,8 @@
 """Find a model's decoder layers and their self-attention modules, whatever the architecture names them.
 
 Resolved once per model instance and cached: walking modules on every generate() would cost more than
-the capture itself.
+the capture itself. A model type the search gets wrong is fixed in its family card (``layouts``): the
+dotted path of its decoder layer list and the attribute holding each layer's self-attention.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import weakref
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from ..families import layout_override
 
 # Attribute names under which transformers models keep cross-attention inside a decoder layer.
 _CROSS_ATTENTION_HINTS = ("cross", "encoder_attn", "encdec")
@@ -92,10 +95,18 @@ def _encoder_root(model: nn.Module) -> nn.Module | None:
     return encoder if isinstance(encoder, nn.Module) and encoder is not model else None
 
 
-def _attention_index(layers: tuple[nn.Module, ...]) -> dict[int, int]:
+def _module_at(root: nn.Module, path: str) -> nn.Module | None:
+    """``root.a.b`` for ``"a.b"``; None when a step is missing."""
+    module: object = root
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module if isinstance(module, nn.Module) else None
+
+
+def _attention_index(layers: tuple[nn.Module, ...], attribute: str | None = None) -> dict[int, int]:
     attention: dict[int, int] = {}
     for index, layer in enumerate(layers):
-        module = _self_attention_of(layer)
+        module = _module_at(layer, attribute) if attribute else _self_attention_of(layer)
         if module is not None:
             attention[id(module)] = index
     return attention
@@ -112,7 +123,11 @@ def locate_layout(model: nn.Module) -> ModelLayout:
         decoder_config, "num_decoder_layers", "decoder_layers", "num_hidden_layers", "n_layer", "num_layers"
     )
     decoder_root = _decoder_root(model)
-    layer_list = _find_layer_list(decoder_root, expected)
+    override = layout_override(str(getattr(config, "model_type", "") or ""))
+    if "layers" in override:
+        layer_list = _module_at(model, override["layers"])
+    else:
+        layer_list = _find_layer_list(decoder_root, expected)
     layers = tuple(layer_list) if layer_list is not None else ()
     encoder_root = _encoder_root(model)
     encoder_list = None
@@ -124,7 +139,7 @@ def locate_layout(model: nn.Module) -> ModelLayout:
     )
     layout = ModelLayout(
         layers=layers,
-        self_attention=_attention_index(layers),
+        self_attention=_attention_index(layers, override.get("attention")),
         num_heads=heads,
         decoder_root=decoder_root if decoder_root is not model else None,
         encoder_layers=encoder_layers,

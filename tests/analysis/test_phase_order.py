@@ -24,9 +24,9 @@ def test_trylast_runs_after_unmarked_and_tryfirst_before_whatever_the_registrati
         _Plugin("early", tryfirst=True),
         _Plugin("also"),
     ]
-    host = PluginHost.load(plugins, use_entry_points=False)
+    host = PluginHost.load(plugins, use_entry_points=False, use_builtins=False)
     order: list[str] = []
-    for _ in host.call_each("corevital_assess", [], results=order):
+    for _ in host.call_each("corevital_assess", [], info=None, series=None, results=order):
         pass
     assert order == ["early", "plain", "also", "late"]
 
@@ -35,8 +35,6 @@ def test_every_analysis_assess_hook_is_marked_trylast():
     from corevital_otel.plugins import blame, compound, early_warning, risk
 
     for module in (risk, blame, compound, early_warning):
-        (implementation,) = [
-            impl
-            for impl in PluginHost.load([module], use_entry_points=False).implementations("corevital_assess")
-        ]
+        host = PluginHost.load([module], use_entry_points=False, use_builtins=False)
+        (implementation,) = host.implementations("corevital_assess")
         assert implementation.trylast, module.__name__

@@ -223,17 +223,16 @@ def test_misspelt_options_raise_instead_of_keeping_defaults(options, error):
         _options.settings(options, plugin)
 
 
-def test_a_misspelt_option_is_reported_on_the_span(instrumented):
-    from tiny_models import build_model, prompt_batch
+def test_a_misspelt_option_is_refused_at_instrument_time(instrumented):
+    import corevital_otel
 
-    telemetry = instrumented(plugin_options={"risk": {"escalate_treshold": 0.5}})
-    ids, mask = prompt_batch(batch=1)
-    build_model("llama").generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
-    (span,) = telemetry.generation_spans()
-    assert (
-        "plugin risk failed in corevital_generation_start: ValueError"
-        in span.attributes["corevital.capture.lost"]
+    expected = (
+        r"^plugin 'risk': plugin_options\['risk'\]: unknown option\(s\) escalate_treshold; "
+        r"allowed: escalate_threshold, scales, running$"
     )
+    with pytest.raises(corevital_otel.ConfigError, match=expected):
+        instrumented(plugin_options={"risk": {"escalate_treshold": 0.5}})
+    assert not corevital_otel.is_instrumented()
 
 
 def test_masked_logits_are_not_breakage():

@@ -22,7 +22,7 @@ def quiet(instrumented):
     """instrument() with only the given plugin objects (no entry-point plugins): the core alone."""
 
     def _instrument(*plugins, **options):
-        return instrumented(plugins=list(plugins), load_entry_point_plugins=False, **options)
+        return instrumented(plugins=list(plugins), builtin_plugins=False, **options)
 
     return _instrument
 

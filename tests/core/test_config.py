@@ -107,7 +107,7 @@ def test_keyword_beats_the_environment(telemetry, monkeypatch):
 def test_step_events_bounded_by_the_environment(telemetry, monkeypatch):
     monkeypatch.setenv("COREVITAL_MAX_STEP_EVENTS", "2")
     # Only the logits plugin: it flags no step, so the budget goes to the first and the last.
-    instrument_with(telemetry, plugins=[logits_plugin], load_entry_point_plugins=False)
+    instrument_with(telemetry, plugins=[logits_plugin], builtin_plugins=False)
     span = _run(telemetry)
     assert [event.attributes["corevital.step.index"] for event in _step_events(span)] == [0, MAX_NEW - 1]
     assert span.attributes["corevital.step.events_emitted"] == 2
@@ -118,7 +118,7 @@ def test_step_events_bounded_by_the_environment(telemetry, monkeypatch):
     "setting",
     [
         {"COREVITAL_DISABLED_PLUGINS": "logits"},
-        {"COREVITAL_LOAD_PLUGINS": "off"},
+        {"COREVITAL_BUILTIN_PLUGINS": "off"},
         {"COREVITAL_CAPTURE_LOGITS": "FALSE"},
     ],
     ids=lambda setting: next(iter(setting)),

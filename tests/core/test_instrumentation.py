@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 from importlib.metadata import entry_points, metadata
-from pathlib import Path
 
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
@@ -17,18 +16,22 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.pipelines.base import Pipeline
 
 import corevital_otel
-from corevital_otel.config import ENVIRONMENT_VARIABLES
+from corevital_otel import patching
 from corevital_otel.instrumentor import CoreVitalInstrumentor
 
 from .helpers import instrument_with, run_python
 
 
 def _patched_objects() -> dict[str, object]:
-    """The class attributes instrumentation may replace, read from the classes' own dicts."""
-    return {
-        "generate": GenerationMixin.__dict__["generate"],
-        "get_interface": AttentionInterface.__dict__["get_interface"],
-        "pipeline_init": Pipeline.__dict__["__init__"],
+    """Every class attribute of the patch table, read from its class's own dict (None: inherited)."""
+    return {target.attribute: vars(target.locate()).get(target.attribute) for target in patching.TARGETS}
+
+
+def test_the_patch_table_names_what_instrumentation_replaces():
+    assert {(target.locate(), target.attribute) for target in patching.TARGETS} == {
+        (GenerationMixin, "generate"),
+        (AttentionInterface, "get_interface"),
+        (Pipeline, "__init__"),
     }
 
 
@@ -41,11 +44,10 @@ def test_uninstrument_restores_the_identical_objects(telemetry):
     originals = _patched_objects()
     model = build_model("gpt2")
 
-    instrument_with(telemetry, load_entry_point_plugins=False)
+    instrument_with(telemetry, builtin_plugins=False)
     assert corevital_otel.is_instrumented()
     patched = _patched_objects()
-    assert patched["generate"] is not originals["generate"]
-    assert patched["get_interface"] is not originals["get_interface"]
+    assert all(patched[name] is not original for name, original in originals.items())
     # The wrapper looks like the original to introspection.
     assert patched["generate"].__wrapped__ is originals["generate"]
     assert inspect.signature(patched["generate"]) == inspect.signature(originals["generate"])
@@ -63,9 +65,9 @@ def test_uninstrument_restores_the_identical_objects(telemetry):
 
 def test_instrument_twice_is_harmless(telemetry):
     originals = _patched_objects()
-    first = instrument_with(telemetry, load_entry_point_plugins=False)
+    first = instrument_with(telemetry, builtin_plugins=False)
     patched = _patched_objects()
-    second = instrument_with(telemetry, load_entry_point_plugins=False)
+    second = instrument_with(telemetry, builtin_plugins=False)
     assert second is first  # one instrumentor per process
     assert _patched_objects() == patched  # not wrapped twice
     _generate(build_model("llama"))
@@ -75,14 +77,14 @@ def test_instrument_twice_is_harmless(telemetry):
 
 
 def test_attention_functions_are_untouched_outside_a_captured_call(telemetry):
-    instrument_with(telemetry, load_entry_point_plugins=False)
+    instrument_with(telemetry, builtin_plugins=False)
     # No capture is active on this thread: the registry hands out the real kernel, not a wrapper.
     assert ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None) is sdpa_attention_forward
 
 
 def test_explicit_providers_leave_the_global_ones_alone(telemetry):
     tracer_provider, meter_provider = trace.get_tracer_provider(), metrics.get_meter_provider()
-    instrument_with(telemetry, load_entry_point_plugins=False)
+    instrument_with(telemetry, builtin_plugins=False)
     _generate(build_model("qwen2"))
     assert trace.get_tracer_provider() is tracer_provider
     assert metrics.get_meter_provider() is meter_provider
@@ -126,7 +128,7 @@ model = build_model("gpt2")
 ids, mask = prompt_batch(batch=1)
 result = {}
 
-corevital_otel.instrument(load_entry_point_plugins=False)
+corevital_otel.instrument(builtin_plugins=False)
 model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
 corevital_otel.uninstrument()
 result["global_spans"] = [s.name for s in global_spans.get_finished_spans()]
@@ -134,7 +136,7 @@ result["global_metrics"] = metric_names(global_reader)
 
 own_tracer, own_spans, own_meter, own_reader = providers()
 corevital_otel.instrument(
-    tracer_provider=own_tracer, meter_provider=own_meter, load_entry_point_plugins=False
+    tracer_provider=own_tracer, meter_provider=own_meter, builtin_plugins=False
 )
 model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
 result["own_spans"] = [s.name for s in own_spans.get_finished_spans()]
@@ -168,10 +170,3 @@ def test_packaged_for_opentelemetry_instrument():
     assert [r.name for r in instruments] == ["transformers"]
     (dependency,) = instrumentor().instrumentation_dependencies()
     assert Requirement(dependency).specifier == instruments[0].specifier
-
-
-def test_every_environment_variable_is_documented():
-    documented = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
-    for option, (variable, _) in ENVIRONMENT_VARIABLES.items():
-        assert f"`{variable}`" in documented, variable
-        assert f"`{option}`" in documented, option

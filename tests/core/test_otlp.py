@@ -30,7 +30,7 @@ def test_span_and_metrics_arrive_as_otlp_protobuf(otlp_receiver, otlp_providers)
         meter_provider=meter_provider,
         capture_mode="full",
         plugins=[logits_plugin],
-        load_entry_point_plugins=False,
+        builtin_plugins=False,
     )
     model = build_model("mistral")
     ids, mask = prompt_batch(batch=2, length=5)

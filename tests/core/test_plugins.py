@@ -13,6 +13,7 @@ from pathlib import Path
 import pluggy
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict
 from tiny_models import build_model, prompt_batch
 
 import corevital_otel
@@ -20,6 +21,7 @@ import corevital_otel.plugins
 from corevital_otel.hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, CoreVitalHookSpecs
 from corevital_otel.instrumentor import CoreVitalInstrumentor
 from corevital_otel.plugin_host import PluginHost
+from corevital_otel.plugins import BUILTIN_PLUGINS
 from corevital_otel.plugins import logits as logits_plugin
 
 from .helpers import generation_span, metric_points
@@ -54,18 +56,30 @@ def test_plugin_object_registered_at_instrument(quiet, recorder):
     assert len(telemetry.generation_spans()) == 1
 
 
-def test_builtin_plugins_load_through_the_entry_point_group():
-    declared = {entry_point.value for entry_point in entry_points(group=ENTRY_POINT_GROUP)}
+def test_builtin_plugins_are_listed_in_code_and_kept_without_entry_points():
+    listed = set(BUILTIN_PLUGINS.values())
     for module_info in pkgutil.iter_modules(corevital_otel.plugins.__path__, "corevital_otel.plugins."):
         module = importlib.import_module(module_info.name)
         if any(hasattr(item, f"{PROJECT_NAME}_impl") for item in vars(module).values()):
-            assert module_info.name in declared, f"{module_info.name} has hooks but no entry point"
+            assert module_info.name in listed, f"{module_info.name} has hooks but is not a built-in"
+    # Entry points are for third parties: the package declares none of its own.
+    ours = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.value.startswith("corevital_otel.")]
+    assert ours == []
     host = PluginHost.load()
-    assert "logits" in host.names
-    # The very module the entry point names, not a private registration path.
-    assert host.manager.get_plugin("logits") is logits_plugin
+    assert host.names[: len(BUILTIN_PLUGINS)] == list(BUILTIN_PLUGINS)
+    assert host.manager.get_plugin("logits") is logits_plugin  # the module itself
+    assert PluginHost.load(use_entry_points=False).names == list(BUILTIN_PLUGINS)
     assert "logits" not in PluginHost.load(disabled={"logits"}).names
-    assert PluginHost.load(use_entry_points=False).names == []
+    assert PluginHost.load(use_builtins=False, use_entry_points=False).names == []
+
+
+def test_without_entry_points_the_builtin_metrics_stay(instrumented):
+    telemetry = instrumented(load_entry_point_plugins=False)
+    ids, mask = prompt_batch(batch=1)
+    build_model("gpt2").generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    attributes = generation_span(telemetry).attributes
+    assert "corevital.logits.entropy.mean" in attributes and "corevital.risk.score" in attributes
+    assert metric_points(telemetry, "corevital.risk.score")
 
 
 def _install_example_entry_point(root: Path) -> None:
@@ -124,3 +138,162 @@ def test_example_plugin_uses_only_the_public_api():
         elif isinstance(node, ast.Import):
             assert not any(alias.name.startswith("corevital_otel") for alias in node.names)
     assert imported and set(imported) <= set(corevital_otel.__all__)
+
+
+def _write_dist(root: Path, name: str, entries: dict[str, str]) -> None:
+    """The dist-info an installed third-party plugin package would have."""
+    dist_info = root / f"{name}-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = [f"[{ENTRY_POINT_GROUP}]"] + [f"{key} = {value}" for key, value in entries.items()]
+    (dist_info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_a_third_party_plugin_that_fails_to_import_is_reported_and_counted(
+    tmp_path, monkeypatch, instrumented
+):
+    (tmp_path / "corevital_broken_plugin.py").write_text("import a_module_that_is_not_installed\n")
+    _write_dist(tmp_path, "corevital_broken_plugin", {"broken": "corevital_broken_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "corevital_broken_plugin", raising=False)
+
+    telemetry = instrumented()
+    ids, mask = prompt_batch(batch=1)
+    for _ in range(2):
+        build_model("gpt2").generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    for span in telemetry.generation_spans():
+        lost = span.attributes["corevital.capture.lost"]
+        assert "plugin broken failed in load: ModuleNotFoundError" in lost
+        assert "corevital.logits.entropy.mean" in span.attributes  # the others still run
+    points = [
+        point
+        for point in metric_points(telemetry, "corevital.plugin.errors")
+        if point.attributes["corevital.plugin.name"] == "broken"
+    ]
+    assert [point.attributes["corevital.plugin.phase"] for point in points] == ["load"]
+    assert points[0].value == 2  # once per generation, like any plugin failure
+
+
+class _Wrapping:
+    COREVITAL_PLUGIN_NAME = "wrapping"
+
+    @corevital_otel.hookimpl(hookwrapper=True)
+    def corevital_summarize(self, info, series, results):
+        yield
+
+
+class _NewStyleWrapping:
+    COREVITAL_PLUGIN_NAME = "new_wrapping"
+
+    @corevital_otel.hookimpl(wrapper=True)
+    def corevital_assess(self, info, series, results):
+        return (yield)
+
+
+@pytest.mark.parametrize("plugin", [_Wrapping(), _NewStyleWrapping()], ids=["hookwrapper", "wrapper"])
+def test_a_wrapper_implementation_is_refused_with_a_clear_error(plugin):
+    with pytest.raises(corevital_otel.ConfigError, match=r"plugins: plugin '\w+': corevital_\w+ is a pluggy"):
+        corevital_otel.instrument(plugins=[plugin], builtin_plugins=False)
+    assert not corevital_otel.is_instrumented()
+
+
+def test_a_wrapper_from_an_entry_point_is_a_load_failure(tmp_path, monkeypatch):
+    module = tmp_path / "corevital_wrapping_plugin.py"
+    module.write_text(
+        "from corevital_otel import hookimpl\n\n"
+        "@hookimpl(hookwrapper=True)\n"
+        "def corevital_summarize(info, series, results):\n"
+        "    yield\n"
+    )
+    _write_dist(tmp_path, "corevital_wrapping_plugin", {"wrapping": "corevital_wrapping_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = PluginHost.load(use_builtins=False)
+    assert host.names == []
+    (failure,) = host.load_failures
+    assert (failure.plugin, failure.phase, failure.error_type) == ("wrapping", "load", "PluginRefused")
+    assert "hookwrapper" in failure.message
+
+
+def test_calls_go_through_pluggy_so_its_tracing_sees_them_and_failures_stay_isolated():
+    class Failing:
+        COREVITAL_PLUGIN_NAME = "failing"
+
+        @corevital_otel.hookimpl
+        def corevital_assess(self, info, series, results):
+            raise RuntimeError("broken")
+
+    class Working:
+        COREVITAL_PLUGIN_NAME = "working"
+
+        @corevital_otel.hookimpl
+        def corevital_assess(self, results):  # pluggy's argument subsetting still applies
+            results.append("working")
+
+    host = PluginHost.load([Failing(), Working()], use_entry_points=False, use_builtins=False)
+    traced: list[tuple[str, list[str]]] = []
+    undo = host.manager.add_hookcall_monitoring(
+        lambda name, implementations, kwargs: traced.append((name, [i.plugin_name for i in implementations])),
+        lambda outcome, name, implementations, kwargs: None,
+    )
+    failures: list = []
+    seen: list[str] = []
+    called = list(host.call_each("corevital_assess", failures, info=None, series=None, results=seen))
+    undo()
+    assert traced == [("corevital_assess", ["failing"]), ("corevital_assess", ["working"])]
+    assert called == [("working", None)] and seen == ["working"]
+    assert [(f.plugin, f.phase, f.error_type) for f in failures] == [
+        ("failing", "corevital_assess", "RuntimeError")
+    ]
+
+
+class _MineOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window: int = 8
+    label: str = "x"
+
+
+class _WithOptions:
+    COREVITAL_PLUGIN_NAME = "mine"
+    COREVITAL_OPTIONS = _MineOptions
+
+    @corevital_otel.hookimpl
+    def corevital_generation_start(self, info):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("plugin_options", "expected"),
+    [
+        (
+            {"mine": {"windw": 3}},
+            r"^plugin 'mine': plugin_options\['mine'\]: unknown option\(s\) windw; allowed: window, label$",
+        ),
+        (
+            {"mine": {"window": "wide"}},
+            r"^plugin 'mine': plugin_options\['mine'\]\['window'\]: Input should be a valid integer",
+        ),
+        ({"mine": ["window"]}, r"^plugin 'mine': plugin_options\['mine'\] must be a mapping"),
+        ({"miner": {}}, r"^plugin_options: no plugin reads 'miner'; plugins and keys: .*mine"),
+    ],
+    ids=["unknown key", "invalid value", "not a mapping", "unknown entry"],
+)
+def test_plugin_options_are_checked_against_the_plugins_schema(plugin_options, expected):
+    with pytest.raises(corevital_otel.ConfigError, match=expected):
+        corevital_otel.instrument(plugins=[_WithOptions()], plugin_options=plugin_options)
+    assert not corevital_otel.is_instrumented()
+
+
+def test_valid_plugin_options_and_those_of_a_disabled_plugin_are_accepted(instrumented):
+    instrumented(plugins=[_WithOptions()], plugin_options={"mine": {"window": 3}, "risk": {"running": False}})
+    corevital_otel.uninstrument()
+    instrumented(disabled_plugins={"risk"}, plugin_options={"risk": {"running": False}})
+    assert corevital_otel.is_instrumented()
+
+
+def test_entry_points_naming_builtin_modules_are_ignored(tmp_path, monkeypatch):
+    """An environment installed when the built-ins were entry points still lists them: they stay built-ins."""
+    _write_dist(tmp_path, "corevital_otel_stale", {"logits": "corevital_otel.plugins.logits"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert PluginHost.load(use_builtins=False).names == []
+    host = PluginHost.load()
+    assert host.names == list(BUILTIN_PLUGINS) and host.load_failures == []

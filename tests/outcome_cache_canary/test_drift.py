@@ -100,7 +100,7 @@ class _Events:
 def test_plugin_events_fit_the_span_limit(instrumented, telemetry, llama):
     telemetry.tracer_provider = TracerProvider(span_limits=SpanLimits(max_events=5))
     telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(telemetry.spans))
-    instrumented(plugins=[_Events()], load_entry_point_plugins=False)
+    instrumented(plugins=[_Events()], builtin_plugins=False)
     _generate(llama)
     [span] = telemetry.generation_spans()
     events = [event for event in span.events if event.name == "test.event"]

@@ -89,7 +89,7 @@ def test_per_layer_and_per_position_detail_follows_the_capture_mode(instrumented
     step_names: set[str] = set()
     telemetry = instrumented(
         capture_mode=mode,
-        load_entry_point_plugins=False,
+        builtin_plugins=False,
         plugins=[*BUILT_INS, Escalation(escalate)],
         on_step=lambda info, step, outputs: step_names.update(outputs),
     )

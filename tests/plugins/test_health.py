@@ -13,7 +13,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from plugin_testing import corrupt_layer, llama, non_finite_numbers, series_of, step_series
 from tiny_models import build_model, prompt_batch
 
-from corevital_otel import StepCapture
+from corevital_otel import ConfigError, StepCapture
 from corevital_otel.plugins import health
 from corevital_otel.plugins._profiles import load_profile
 
@@ -176,8 +176,19 @@ def test_profile_override_changes_the_threshold(instrumented):
     assert "high_entropy_steps" not in flag_counts(telemetry)
 
 
+def test_a_misspelt_threshold_is_refused_at_instrument_time_naming_the_allowed_ones(instrumented):
+    with pytest.raises(
+        ConfigError, match=r"plugin_options\['profile'\]: unknown option\(s\) high_entropy_bitz; "
+    ):
+        instrumented(plugin_options={"profile": {"high_entropy_bitz": 1.0}})
+    with pytest.raises(ConfigError, match="allowed: family, .*high_entropy_bits"):
+        instrumented(plugin_options={"profile": {"high_entropy_bitz": 1.0}})
+
+
 def test_an_invalid_override_is_reported_not_silently_ignored(instrumented):
-    telemetry = instrumented(capture_mode="summary", plugin_options={"profile": {"high_entropy_bitz": 1.0}})
+    telemetry = instrumented(
+        capture_mode="summary", plugin_options={"profile": {"high_entropy_bits": "high"}}
+    )
     attributes = dict(generate(telemetry, build_model("gpt2")).attributes)
     assert any("health" in item for item in attributes["corevital.capture.lost"])
     assert "corevital.health.high_entropy_steps" not in attributes

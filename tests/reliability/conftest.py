@@ -9,8 +9,7 @@ from core.otlp_receiver import OtlpReceiver, running_receiver
 
 import corevital_otel
 from corevital_otel.capture.active import ACTIVE_CAPTURE
-from corevital_otel.capture.attention import attention_capture_installed
-from corevital_otel.patching import is_patched
+from corevital_otel.patching import installed
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +21,7 @@ def _nothing_left_behind() -> Iterator[None]:
     if corevital_otel.is_instrumented():
         corevital_otel.uninstrument()
     assert ACTIVE_CAPTURE.get() is None
-    assert not is_patched() and not attention_capture_installed()
+    assert installed() == ()
 
 
 @pytest.fixture

@@ -6,20 +6,19 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 from core.helpers import metric_points
 
-from corevital_otel.hookspecs import ENTRY_POINT_GROUP
+from corevital_otel.plugins import BUILTIN_PLUGINS
 
 _PLUGIN_FAILURE = re.compile(r"^plugin (\S+) failed in (\S+): (\S+)$")
 
 
 def builtin_plugin_names() -> list[str]:
-    """The plugins instrument() loads by default, through the entry-point group."""
-    return sorted(entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP))
+    """The plugins instrument() registers by default (listed in code)."""
+    return sorted(BUILTIN_PLUGINS)
 
 
 def plugin_failures(span: Any) -> set[tuple[str, str, str]]:

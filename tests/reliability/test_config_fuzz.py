@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import string
-from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -37,8 +36,7 @@ _BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off")
 
 
 def _words(option: str) -> tuple[str, ...]:
-    _, parse = ENVIRONMENT_VARIABLES[option]
-    if parse.__name__ == "_parse_bool":
+    if Options.model_fields[option].annotation is bool:
         return _BOOLEAN_WORDS
     return _WORDS.get(option, ("0", "1", "0.5", "32", "-1", "1e3"))
 
@@ -82,7 +80,7 @@ def _assert_valid(option: str, value: Any) -> None:
 @FUZZ
 @given(data=st.data())
 def test_any_environment_value_is_valid_or_a_config_error_naming_the_variable(option, data):
-    variable, _ = ENVIRONMENT_VARIABLES[option]
+    variable = ENVIRONMENT_VARIABLES[option]
     raw = data.draw(st.one_of(_near_valid(option), _ANY_TEXT, _ASCII), label=variable)
     try:
         resolved = resolve_options({}, {variable: raw})
@@ -95,7 +93,7 @@ def test_any_environment_value_is_valid_or_a_config_error_naming_the_variable(op
         assert value == getattr(Options(), option)  # an empty variable means "not set"
 
 
-_KEYWORDS = sorted(f.name for f in fields(Options))
+_KEYWORDS = sorted(Options.model_fields)
 _ANY_VALUE = st.one_of(
     st.none(),
     st.booleans(),
@@ -128,12 +126,12 @@ def test_any_keyword_value_is_accepted_or_a_config_error_naming_the_keyword(keyw
     raw=st.one_of(st.text(alphabet=string.ascii_letters + string.digits + " ,.-", max_size=12), _ASCII),
 )
 def test_instrument_accepts_or_fails_naming_the_variable_before_patching(option, raw):
-    variable, _ = ENVIRONMENT_VARIABLES[option]
+    variable = ENVIRONMENT_VARIABLES[option]
     original = GenerationMixin.__dict__["generate"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(variable, raw)
         try:
-            corevital_otel.instrument(load_entry_point_plugins=False)
+            corevital_otel.instrument(builtin_plugins=False)
         except ConfigError as error:
             assert variable in str(error)
             assert not corevital_otel.is_instrumented()
@@ -159,7 +157,7 @@ def test_a_misspelt_plugin_to_disable_is_a_config_error(names, monkeypatch):
 @pytest.mark.parametrize("plugins", [["logits"], [None], [object()], 5, "a-string"], ids=repr)
 def test_a_plugin_that_is_no_plugin_is_a_config_error(plugins):
     with pytest.raises(ConfigError, match="^plugins"):
-        corevital_otel.instrument(plugins=plugins, load_entry_point_plugins=False)
+        corevital_otel.instrument(plugins=plugins, builtin_plugins=False)
     assert not corevital_otel.is_instrumented()
 
 

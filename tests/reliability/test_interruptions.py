@@ -112,7 +112,7 @@ def test_sigint_anywhere_leaves_nothing_behind(site, instrumented, default_sigin
     reference = greedy(model, ids, mask, MAX_NEW)
     handles = [] if site in PLUGIN_SITES else _hook_model(model, site)
     plugins = [SignalOncePlugin(site), logits_plugin]
-    telemetry = instrumented(plugins=plugins, load_entry_point_plugins=False, intervene={"nan"})
+    telemetry = instrumented(plugins=plugins, builtin_plugins=False, intervene={"nan"})
 
     with pytest.raises(KeyboardInterrupt):
         greedy(model, ids, mask, MAX_NEW)
@@ -192,7 +192,7 @@ def test_streamer_consumer_that_stops_reading(instrumented):
     tokenizer, model = offline_tokenizer(), build_model("qwen2")
     inputs = tokenizer("w5 w6 w7 w8", return_tensors="pt")
     reference = greedy(model, inputs["input_ids"], inputs["attention_mask"], MAX_NEW)
-    telemetry = instrumented(plugins=[logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=WAIT_S)
 
     outcome = _stream(model, inputs, streamer, lambda chunks: next(chunks))
@@ -208,7 +208,7 @@ def test_streamer_whose_consumer_disconnected(instrumented):
     tokenizer, model = offline_tokenizer(), build_model("qwen2")
     inputs = tokenizer("w5 w6 w7 w8", return_tensors="pt")
     reference = greedy(model, inputs["input_ids"], inputs["attention_mask"], MAX_NEW)
-    telemetry = instrumented(plugins=[logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False)
     streamer = _ClosedConsumer(tokenizer, chunks=3)  # the prompt, then two tokens
 
     outcome = _stream(model, inputs, streamer, lambda chunks: list(chunks))
@@ -329,7 +329,7 @@ def test_an_interrupt_on_any_line_of_our_code_leaves_nothing_behind(instrumented
     model = build_model("gpt2")
     ids, mask = prompt_batch(batch=2)
     reference = greedy(model, ids, mask, MAX_NEW)
-    options = {} if full_scale() else {"plugins": [logits_plugin], "load_entry_point_plugins": False}
+    options = {} if full_scale() else {"plugins": [logits_plugin], "builtin_plugins": False}
     telemetry = instrumented(intervene={"nan"}, **options)
     spans = _OpenSpans()
     telemetry.tracer_provider.add_span_processor(spans)

@@ -187,7 +187,7 @@ def test_uninstrument_while_16_threads_generate():
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         plugins=[],
-        load_entry_point_plugins=False,
+        builtin_plugins=False,
     )
     removed = threading.Event()
     enough = threading.Semaphore(0)  # released once per finished call

@@ -87,7 +87,7 @@ GARBAGE = {
 def test_garbage_is_the_plugins_own_failure(kind, instrumented):
     model = build_model("llama")
     reference = [_call(model) for _ in range(2)]
-    telemetry = instrumented(plugins=[GarbagePlugin(kind), logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[GarbagePlugin(kind), logits_plugin], builtin_plugins=False)
 
     outputs = [_call(model) for _ in range(2)]
 
@@ -147,7 +147,7 @@ def test_non_finite_and_oversized_values_travel_as_valid_otlp(otlp_receiver):
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             plugins=[OddValuesPlugin(), logits_plugin],
-            load_entry_point_plugins=False,
+            builtin_plugins=False,
             capture_mode="full",
             max_span_kib=0,  # no byte budget: the oversized array must travel (the budget has its tests)
         )
@@ -200,7 +200,7 @@ def test_a_slow_plugin_delays_only_its_own_call(phase, instrumented):
     model = build_model("qwen2")
     reference = _call(model)
     plugin = BlockingPlugin(phase)
-    telemetry = instrumented(plugins=[plugin, logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[plugin, logits_plugin], builtin_plugins=False)
     slow: dict[str, Any] = {}
 
     def slow_call() -> None:
@@ -229,7 +229,7 @@ def test_a_slow_plugin_delays_only_its_own_call(phase, instrumented):
 
 
 def test_a_broken_builtin_plugin_is_switched_off_by_configuration(telemetry, monkeypatch):
-    """A built-in (entry-point) plugin breaks; COREVITAL_DISABLED_PLUGINS turns it off, nothing else."""
+    """A built-in plugin breaks; COREVITAL_DISABLED_PLUGINS turns it off, nothing else."""
 
     @hookimpl(trylast=True)
     def corevital_assess(info, series, results) -> None:

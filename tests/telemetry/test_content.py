@@ -61,7 +61,7 @@ def _expected_messages(tokenizer: Any, output: torch.Tensor, width: int) -> tupl
     ],
 )
 def test_each_mode_puts_content_where_it_says(instrumented, tokenizer, mode, on_span, in_events):
-    telemetry = instrumented(plugins=[logits_plugin], load_entry_point_plugins=False, capture_content=mode)
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False, capture_content=mode)
     output = _generate(build_model("gpt2"), tokenizer, tokenizer=tokenizer)
     (span,) = telemetry.generation_spans()
     inputs, outputs = _expected_messages(tokenizer, output, width=len(PROMPTS[0].split()))
@@ -152,9 +152,7 @@ def _via_pipeline(model: Any, tokenizer: Any) -> None:
 
 @pytest.mark.parametrize("find", [_via_keyword, _via_streamer, _via_registration, _via_pipeline])
 def test_the_tokenizer_is_found_every_documented_way(instrumented, tokenizer, capsys, find):
-    telemetry = instrumented(
-        plugins=[logits_plugin], load_entry_point_plugins=False, capture_content="SPAN_ONLY"
-    )
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False, capture_content="SPAN_ONLY")
     find(build_model("gpt2"), tokenizer)
     (span,) = telemetry.generation_spans()
     (message,) = json.loads(span.attributes["gen_ai.input.messages"])[:1]
@@ -164,9 +162,7 @@ def test_the_tokenizer_is_found_every_documented_way(instrumented, tokenizer, ca
 
 
 def test_without_a_tokenizer_content_is_reported_lost(instrumented, tokenizer):
-    telemetry = instrumented(
-        plugins=[logits_plugin], load_entry_point_plugins=False, capture_content="SPAN_AND_EVENT"
-    )
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False, capture_content="SPAN_AND_EVENT")
     _generate(build_model("gpt2"), tokenizer)
     (span,) = telemetry.generation_spans()
     assert "gen_ai.input.messages" not in span.attributes

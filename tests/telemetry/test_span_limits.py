@@ -176,7 +176,7 @@ def test_step_events_stop_below_the_span_event_limit():
     exception event), and the rest are counted, not silently dropped by the SDK."""
     telemetry = Telemetry()
     span, _ = _generate_long(
-        telemetry, 300, plugins=[logits_plugin], load_entry_point_plugins=False, max_step_events=500
+        telemetry, 300, plugins=[logits_plugin], builtin_plugins=False, max_step_events=500
     )
     events = step_events(span)
     assert len(events) == 126 and span.dropped_events == 0
@@ -193,7 +193,7 @@ def test_raised_limits_keep_every_step(monkeypatch):
         telemetry,
         LONG,
         plugins=[logits_plugin, health_plugin, Filler(200)],
-        load_entry_point_plugins=False,
+        builtin_plugins=False,
         max_step_events=LONG,
         max_span_kib=0,
     )
@@ -206,7 +206,7 @@ def test_raised_limits_keep_every_step(monkeypatch):
 
 def test_bounded_by_default_even_for_a_short_generation(instrumented):
     """Fewer steps than the budget: one event per step, none dropped."""
-    telemetry = instrumented(plugins=[logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False)
     ids, mask = prompt_batch(batch=2)
     build_model("llama").generate(
         ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False

@@ -47,7 +47,7 @@ def _single_value(points: list[Any]) -> float:
 
 @pytest.fixture
 def timed(instrumented):
-    telemetry = instrumented(plugins=[logits_plugin], load_entry_point_plugins=False)
+    telemetry = instrumented(plugins=[logits_plugin], builtin_plugins=False)
     model = build_model("llama")
     slow = SlowForward(model)
     yield telemetry, model, slow

@@ -1,0 +1,122 @@
+"""The patch table's one mechanism on classes of its own: wrap, call through, unwrap exactly."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from tiny_models import build_model, prompt_batch
+
+from corevital_otel import patching
+
+
+class Base:
+    def greet(self, name: str) -> str:
+        return f"hello {name}"
+
+    @classmethod
+    def build(cls) -> str:
+        return cls.__name__
+
+
+class Child(Base):
+    def own(self) -> int:
+        return 1
+
+
+INHERITED = patching.PatchTarget(__name__, "Child", "greet", "test: an inherited method")
+OWN = patching.PatchTarget(__name__, "Child", "own", "test: a method of the class itself")
+CLASSMETHOD = patching.PatchTarget(__name__, "Base", "build", "test: a classmethod (refused)")
+MISSING = patching.PatchTarget(__name__, "Child", "absent", "test: an attribute that does not exist")
+
+
+def _shout(wrapped, instance, args, kwargs):
+    return str(wrapped(*args, **kwargs)).upper()
+
+
+@pytest.fixture(autouse=True)
+def _unwrapped():
+    yield
+    for target in (INHERITED, OWN):
+        patching.unwrap(target)
+
+
+def test_wrapped_calls_go_through_the_wrapper_with_the_instance_bound():
+    assert patching.wrap(INHERITED, _shout) and patching.wrap(OWN, _shout)
+    assert Child().greet("ada") == "HELLO ADA"
+    assert Child.greet(Child(), "bob") == "HELLO BOB"  # called through the class: still bound
+    assert Child().own() == "1"
+    assert vars(Child)["greet"].__wrapped__ is Base.greet
+    assert inspect.signature(Child.greet) == inspect.signature(Base.greet)
+    assert set(patching.installed()) == {INHERITED, OWN}
+
+
+def test_unwrap_restores_exactly_what_the_class_held():
+    own = vars(Child)["own"]
+    patching.wrap(INHERITED, _shout)
+    patching.wrap(OWN, _shout)
+    for target in (INHERITED, OWN):
+        patching.unwrap(target)
+    assert "greet" not in vars(Child)  # it was inherited: nothing is left behind
+    assert vars(Child)["own"] is own
+    assert Child().greet("ada") == "hello ada" and patching.installed() == ()
+
+
+def test_wrapping_again_replaces_the_wrapper_and_keeps_the_original():
+    own = vars(Child)["own"]
+    patching.wrap(OWN, _shout)
+    patching.wrap(OWN, lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs) + 1)
+    assert Child().own() == 2  # one wrapper, not two stacked
+    assert patching.original(OWN) is own
+    patching.unwrap(OWN)
+    assert vars(Child)["own"] is own
+
+
+def test_a_target_this_library_lacks_is_skipped():
+    assert patching.wrap(MISSING, _shout) is False
+    assert patching.installed() == ()
+
+
+def test_a_target_that_is_no_plain_method_is_refused():
+    build = vars(Base)["build"]
+    with pytest.raises(TypeError, match="not a plain method"):
+        patching.wrap(CLASSMETHOD, _shout)
+    assert vars(Base)["build"] is build and patching.installed() == ()
+
+
+def test_another_wrapper_installed_over_ours_is_left_in_place():
+    patching.wrap(OWN, _shout)
+    theirs = vars(Child)["own"]
+
+    def foreign(self):
+        return theirs(self)
+
+    Child.own = foreign
+    assert patching.installed() == ()  # the table sees that its wrapper is no longer the attribute
+    patching.unwrap(OWN)
+    assert vars(Child)["own"] is foreign
+    del Child.own
+    Child.own = theirs.__wrapped__
+
+
+def test_a_forward_compiled_while_instrumented_still_sees_attention(instrumented):
+    """torch.compile traces into the attention wrapper (a plain function), so the capture is looked up
+    on every call, not baked in at trace time."""
+    telemetry = instrumented(capture_mode="full")
+    model = build_model("llama")
+    model.forward = torch.compile(model.forward, backend="eager")
+    ids, mask = prompt_batch(batch=1, length=6, pad_first=0)
+    try:
+        for _ in range(2):
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    finally:
+        torch._dynamo.reset()
+    for span in telemetry.generation_spans():
+        assert any(name.startswith("corevital.attention.") for name in span.attributes)
+        assert not any("attention" in lost for lost in span.attributes.get("corevital.capture.lost", ()))
+
+
+def test_wrap_all_covers_exactly_the_table():
+    with pytest.raises(ValueError, match="exactly the table"):
+        patching.wrap_all({patching.GENERATE: _shout})
