@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 ALLOWED: Mapping[str, Collection[str]] = {
-    "risk": ("scales", "escalate_threshold", "running"),
+    "risk": ("scales", "escalate_threshold", "running", "calibration"),
     "baseline": ("path", "rolling", "alpha"),
     "fingerprint": ("salt",),
 }
