@@ -47,11 +47,13 @@ TREND_MIN_STEPS = 4
 
 
 def scaled(values: np.ndarray, scales: Scales, metric: str) -> np.ndarray:
-    """Per step ``(x - typical) / (bad - typical)`` clipped to ``SCALED_RANGE``; NaN stays NaN."""
+    """Per step ``(x - typical) / (bad - typical)`` clipped to ``SCALED_RANGE``; a NaN/Inf step is NaN
+    (skipped, as a broken step is everywhere else)."""
     scale = scales.of(metric)
+    values = np.asarray(values, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        ratio = (np.asarray(values, dtype=np.float64) - scale.typical) / (scale.bad - scale.typical)
-        return np.clip(ratio, *SCALED_RANGE)
+        ratio = np.clip((values - scale.typical) / (scale.bad - scale.typical), *SCALED_RANGE)
+    return np.where(np.isfinite(values), ratio, np.nan)
 
 
 def loop_grade(repetition: np.ndarray | None, flagged: bool) -> float:
@@ -77,7 +79,8 @@ def row_features(
         series = values.get(metric)
         if series is None:
             continue
-        out[index] = _trends.mean(scaled(series, scales, metric)) if np.isfinite(series).any() else 0.0
+        if np.isfinite(series).any():
+            out[index] = _trends.mean(scaled(series, scales, metric))
     entropy = values.get("entropy")
     if entropy is not None and np.isfinite(entropy).sum() >= TREND_MIN_STEPS:
         _, points = _trends.finite_points(entropy)

@@ -39,11 +39,11 @@ ENVIRONMENT_VARIABLE = "COREVITAL_RISK_CALIBRATION"
 MAX_GRADED = 0.999
 DEFAULT_SOURCE = "default"
 # Reasoned default, in log-odds: a row at the typical values scores sigmoid(-3) ~ 0.05; every metric at
-# its bad value ~ 0.82; a loop under way over the whole row alone ~ 0.73, one seen on its last step
+# its bad value ~ 0.78; a loop under way over the whole row alone ~ 0.73, one seen on its last step
 # only stays near 0.05; a mid-layer anomaly alone 0.5.
 DEFAULT_INTERCEPT = -3.0
 DEFAULT_WEIGHTS: Mapping[str, float] = {
-    "entropy": 1.5,
+    "entropy": 2.0,
     "margin": 0.75,
     "topk_mass": 0.5,
     "surprisal": 0.75,
@@ -78,7 +78,9 @@ class RiskModel:
         """``scales`` with the metrics this calibration was fitted under (the same features, then)."""
         if not self.scales:
             return scales
-        return Scales(source=scales.source, entropy_high=scales.entropy_high, **{**_by_metric(scales), **self.scales})
+        return Scales(
+            source=scales.source, entropy_high=scales.entropy_high, **{**_by_metric(scales), **self.scales}
+        )
 
 
 def _by_metric(scales: Scales) -> dict[str, Scale]:
@@ -134,7 +136,9 @@ def parse(document: Mapping[str, Any], source: str) -> RiskModel:
         raise CalibrationError(f"{source}: missing or malformed {error}") from None
     if not (np.isfinite(weights).all() and np.isfinite(intercept)):
         raise CalibrationError(f"{source}: weights must be finite numbers")
-    return RiskModel(f"outcomes:{Path(source).name}", intercept, weights, str(document.get("model", "")), scales)
+    return RiskModel(
+        f"outcomes:{Path(source).name}", intercept, weights, str(document.get("model", "")), scales
+    )
 
 
 @lru_cache(maxsize=32)

@@ -5,9 +5,10 @@ Per row, from the per-step, per-layer series the hidden-state and attention plug
 - ``nonfinite`` (severity 1.0): the layer's output (or its attention row) held NaN/Inf on some step, as
   the hidden-state and attention plugins' indicators say; without those indicators, an L2 norm that is
   not a finite number. A NaN raises blame, never an exception.
-- ``l2_outlier`` (0.6 to 0.9): the layer's mean output norm is off the depth trend by more than a factor
-  of ``L2_OUTLIER_RATIO`` either way. Residual-stream norms grow roughly exponentially with depth, so the
-  trend is a robust (Theil-Sen) line through log-norm over layer index; needs 3 layers with finite norms.
+- ``l2_outlier`` (0.6 to 0.9): the step of the mean output norm from the previous layer into this one
+  is off the median step by more than a factor of ``L2_OUTLIER_RATIO`` either way (log-norm steps:
+  residual-stream norms grow roughly exponentially with depth, and a scaled layer lifts every later
+  one, so the culprit is where the step is, see ``_depth_jumps``); needs 3 layers with finite norms.
 - ``unstable_norm`` (0.3 to 0.5): the layer's norm swings across steps: (p90 - p10) / median above
   ``UNSTABLE_SPREAD``; needs 4 steps.
 - ``collapse`` (0.35 to 0.5): the layer's attention counted as collapsed on at least ``COLLAPSE_FREQUENT``
@@ -60,16 +61,34 @@ def _column_statistics(values: np.ndarray, quantiles: tuple[float, ...]) -> tupl
     return counts, out
 
 
-def _theil_sen_residuals(log_norms: np.ndarray) -> np.ndarray:
-    """Residuals of finite ``log_norms`` (NaN elsewhere) from a robust line over the layer index."""
+def _depth_jumps(log_norms: np.ndarray) -> dict[int, float]:
+    """Layer -> how far (in log-norm, beyond the typical growth) the residual stream jumped into it.
+
+    The stream carries a layer's output on: a layer that scales its output by 50 lifts every later
+    layer's norm too, so the culprit is where the *step* between consecutive layers is off the median
+    step, not the layer farthest off a line through the levels. A jump undone at the next layer (the
+    opposite sign) is one layer's own output off, blamed on that layer alone. Layer 0 has no step
+    into it: norms alone cannot tell a layer-0 anomaly from a model whose norms are flat."""
     layers = np.flatnonzero(np.isfinite(log_norms))
-    points = log_norms[layers]
-    first, second = np.triu_indices(layers.size, k=1)
-    slope = float(np.median((points[second] - points[first]) / (layers[second] - layers[first])))
-    intercept = float(np.median(points - slope * layers))
-    residuals = np.full(log_norms.shape, np.nan)
-    residuals[layers] = points - (intercept + slope * layers)
-    return residuals
+    if layers.size < 3:
+        return {}
+    steps = np.diff(log_norms[layers]) / np.diff(layers)  # growth per layer into layers[1:]
+    excess = steps - float(np.median(steps))
+    limit = np.log(L2_OUTLIER_RATIO)
+    jumps: dict[int, float] = {}
+    index = 0
+    while index < excess.size:
+        if abs(excess[index]) > limit:
+            jumps[int(layers[index + 1])] = float(abs(excess[index]))
+            following = index + 1
+            if (
+                following < excess.size
+                and excess[following] * excess[index] < 0
+                and abs(excess[following]) > limit
+            ):
+                index += 1  # the next step only undoes this one
+        index += 1
+    return jumps
 
 
 def _l2_evidence(l2: np.ndarray, nonfinite_from_l2: bool) -> dict[int, dict[str, float]]:
@@ -83,12 +102,9 @@ def _l2_evidence(l2: np.ndarray, nonfinite_from_l2: bool) -> dict[int, dict[str,
         counts, (p10, median, p90) = _column_statistics(l2, (10, 50, 90))
         means = np.where(counts > 0, finite.sum(axis=0) / np.maximum(counts, 1), np.nan)
         log_norms = np.where(means > 0, np.log(means), np.nan)
-        if np.isfinite(log_norms).sum() >= 3:
-            residuals = _theil_sen_residuals(log_norms)
-            limit = np.log(L2_OUTLIER_RATIO)
-            for layer in np.flatnonzero(np.abs(np.nan_to_num(residuals)) > limit):
-                excess = abs(residuals[layer]) / limit
-                evidence.setdefault(int(layer), {})["l2_outlier"] = float(min(0.9, 0.5 + 0.1 * excess))
+        limit = np.log(L2_OUTLIER_RATIO)
+        for layer, jump in _depth_jumps(log_norms).items():
+            evidence.setdefault(layer, {})["l2_outlier"] = float(min(0.9, 0.5 + 0.1 * jump / limit))
         spread = (p90 - p10) / median
         unstable = (counts >= UNSTABLE_MIN_STEPS) & (median > 0) & (spread > UNSTABLE_SPREAD)
         for layer in np.flatnonzero(unstable):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
-from corevital_otel.plugins import _inputs, _options, _risk_features
+from corevital_otel.plugins import _inputs, _options, _risk_features, _risk_model
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._risk_model import DEFAULT, CalibrationError, RiskModel, model_for
 from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
@@ -208,15 +208,14 @@ def model_of(info: GenerationInfo) -> RiskModel:
 
 @hookimpl
 def corevital_check_options(options: Mapping[str, Any]) -> None:
-    """A misspelt option or a calibration file that cannot be read fails instrument(), not every span."""
-    settings = _options.settings(options, COREVITAL_PLUGIN_NAME)
-    from corevital_otel.plugins import _risk_model
-
-    for path in _risk_model.configured_paths(settings):
+    """A calibration file that cannot be read fails instrument(), not every span (a misspelt option is
+    reported on the span, by corevital_generation_start)."""
+    settings = options.get(COREVITAL_PLUGIN_NAME)
+    for path in _risk_model.configured_paths(settings if isinstance(settings, Mapping) else {}):
         try:
             _risk_model.load(path)
         except CalibrationError as error:
-            raise ValueError(str(error)) from error
+            raise ValueError(str(error)) from error  # the core names the plugin
 
 
 @hookimpl(trylast=True)  # after the health plugin's assess, whose flags are read here

@@ -312,7 +312,11 @@ def run(
                     telemetry.spans,
                     prompt.text,
                     max_new_tokens=max_new_tokens,
-                    **({"do_sample": True, "temperature": 1.0, "top_k": 0} if sample else {"do_sample": False}),
+                    **(
+                        {"do_sample": True, "temperature": 1.0, "top_k": 0}
+                        if sample
+                        else {"do_sample": False}
+                    ),
                 )
                 records.append(measure(prompt, observation, tokenizer))
                 if number % 50 == 0 or number == len(prompts):
@@ -532,7 +536,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     for decoding, row in summary["spread"].items():
         low, high = row["range"]
         lines.append(
-            f"| {decoding} | {row['n']} | {row['distinct']} | {_pct(row['largest_tie_share'])} | {row['ones']} | "
+            f"| {decoding} | {row['n']} | {row['distinct']} | {_pct(row['largest_tie_share'])} | "
+            f"{row['ones']} | "
             f"{low:.3f}–{high:.3f} | {row['loops']} | {row['mean_loop']:.2f} / {row['mean_healthy']:.2f} | "
             f"{row['loop_auroc']:.3f}{_interval(row['loop_auroc_ci'], percent=False)} |"
         )

@@ -1,6 +1,7 @@
-"""``corevital-otel calibrate``: run a prompt file through a model and write its baseline profile.
+"""``corevital-otel calibrate``: write a model's baseline profile, or fit its risk score to outcomes.
 
     corevital-otel calibrate --model ./my-model --prompts prompts.txt --out baseline.json
+    corevital-otel calibrate --outcomes outcomes.jsonl --out risk.json      (commands/outcomes.py)
 
 The generations run through the same instrumentation and plugins as production, so the baseline holds
 the distributions the live metrics are compared against. Configure the file with
@@ -131,6 +132,13 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    if arguments.outcomes is not None:
+        from . import outcomes
+
+        return outcomes.run(arguments)
+    if arguments.model is None or arguments.prompts is None:
+        print("calibrate: --model and --prompts are needed (or --outcomes)", file=sys.stderr)
+        return 2
     try:
         prompts = read_prompts(arguments.prompts)
     except OSError as error:
@@ -168,11 +176,9 @@ def register(subcommands: Any) -> None:
         help="write a model's baseline profile from a prompt file",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--model", required=True, help="a local from_pretrained directory (model + tokenizer)"
-    )
-    parser.add_argument("--prompts", required=True, type=Path, help="text file, one prompt per line")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the baseline JSON")
+    parser.add_argument("--model", help="a local from_pretrained directory (model + tokenizer)")
+    parser.add_argument("--prompts", type=Path, help="text file, one prompt per line")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the baseline (or risk) JSON")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (32)")
     parser.add_argument(
         "--model-name",
@@ -180,4 +186,10 @@ def register(subcommands: Any) -> None:
     )
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--seed", type=int, default=0, help="torch seed, for --do-sample (0)")
+    parser.add_argument(
+        "--outcomes", type=Path, help="JSONL of labelled generations: fit the risk score to them instead"
+    )
+    parser.add_argument("--spans", type=Path, help="OTLP JSON lines resolving the outcomes' trace ids")
+    parser.add_argument("--failure", default="incorrect", help="the label the risk predicts (incorrect)")
+    parser.add_argument("--baseline", type=Path, help="the baseline the outcomes' features were scaled by")
     parser.set_defaults(run=run)
