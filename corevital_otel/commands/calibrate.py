@@ -1,7 +1,7 @@
 """``corevital-otel calibrate``: write a model's baseline profile, or fit its risk score to outcomes.
 
     corevital-otel calibrate --model ./my-model --prompts prompts.txt --out baseline.json
-    corevital-otel calibrate --outcomes outcomes.jsonl --out risk.json      (commands/outcomes.py)
+    corevital-otel calibrate --outcomes outcomes.jsonl --out risk.json      (commands/_outcomes.py)
 
 The generations run through the same instrumentation and plugins as production, so the baseline holds
 the distributions the live metrics are compared against. Configure the file with
@@ -133,9 +133,9 @@ def read_prompts(path: Path) -> list[str]:
 
 def run(arguments: argparse.Namespace) -> int:
     if arguments.outcomes is not None:
-        from . import outcomes
+        from . import _outcomes
 
-        return outcomes.run(arguments)
+        return _outcomes.run(arguments)
     if arguments.model is None or arguments.prompts is None:
         print("calibrate: --model and --prompts are needed (or --outcomes)", file=sys.stderr)
         return 2
