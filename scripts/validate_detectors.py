@@ -426,6 +426,15 @@ def calibrated(records: Sequence[Record], task: str, seed: int) -> dict[str, Any
     single = {name: auroc(features[:, index], failed) for index, name in enumerate(NAMES)}
     best = max(single, key=lambda name: -1.0 if math.isnan(single[name]) else single[name])
     default = np.array([r.risk for r in kept], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    # ECE is biased upwards at small N: what a perfectly calibrated score with these probabilities would
+    # measure (labels drawn from the probabilities themselves), and the bootstrap interval over prompts.
+    floor = [
+        expected_calibration_error(probability, rng.random(probability.size) < probability)
+        for _ in range(500)
+    ]
+    resampled = [rng.integers(0, len(kept), len(kept)) for _ in range(BOOTSTRAP)]
+    eces = [expected_calibration_error(probability[pick], failed[pick]) for pick in resampled]
     return {
         "task": task,
         "n": len(kept),
@@ -433,6 +442,8 @@ def calibrated(records: Sequence[Record], task: str, seed: int) -> dict[str, Any
         "auroc": auroc(probability, failed),
         "auroc_ci": bootstrap_interval(probability, failed, seed),
         "ece": expected_calibration_error(probability, failed),
+        "ece_ci": tuple(float(v) for v in np.percentile(eces, [2.5, 97.5])),
+        "ece_floor": float(np.median(floor)),
         "mean_probability": float(probability.mean()),
         "default_auroc": auroc(default, failed),
         "best_feature": best,
@@ -464,6 +475,10 @@ def score_summary(records: Sequence[Record], task: str, score: str, seed: int) -
 
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _num(value: float, digits: int = 2) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _interval(interval: Sequence[float], percent: bool = True) -> str:
@@ -538,21 +553,22 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         lines.append(
             f"| {decoding} | {row['n']} | {row['distinct']} | {_pct(row['largest_tie_share'])} | "
             f"{row['ones']} | "
-            f"{low:.3f}–{high:.3f} | {row['loops']} | {row['mean_loop']:.2f} / {row['mean_healthy']:.2f} | "
-            f"{row['loop_auroc']:.3f}{_interval(row['loop_auroc_ci'], percent=False)} |"
+            f"{low:.3f}–{high:.3f} | {row['loops']} | {_num(row['mean_loop'])} / {_num(row['mean_healthy'])} | "
+            f"{_num(row['loop_auroc'], 3)}{_interval(row['loop_auroc_ci'], percent=False)} |"
         )
     lines += [
         "",
         "**Calibrated risk: the features fitted to each task's failures, judged on held-out prompts**",
         "",
-        "| task | failures | calibrated AUROC for *incorrect* (95% bootstrap CI) | ECE | best single feature "
-        "(AUROC) | default risk AUROC |",
-        "|---|---|---|---|---|---|",
+        "| task | failures | calibrated AUROC for *incorrect* (95% bootstrap CI) | ECE (95% bootstrap CI) | "
+        "ECE of a perfectly calibrated score at this N | best single feature (AUROC) | default risk AUROC |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in summary["calibrated"]:
         lines.append(
             f"| {TASKS[row['task']]} | {row['failures']} of {row['n']} | {row['auroc']:.3f}"
-            f"{_interval(row['auroc_ci'], percent=False)} | {row['ece']:.3f} | `{row['best_feature']}` "
+            f"{_interval(row['auroc_ci'], percent=False)} | {row['ece']:.3f}"
+            f"{_interval(row['ece_ci'], percent=False)} | {row['ece_floor']:.3f} | `{row['best_feature']}` "
             f"({row['best_feature_auroc']:.3f}) | {row['default_auroc']:.3f} |"
         )
     return "\n".join(lines)
@@ -575,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--greedy-only", action="store_true", help="skip the sampled run (risk spread at temperature 1)"
     )
+    parser.add_argument(
+        "--sampled-n", type=int, default=300, help="prompts of the sampled run (the first 300)"
+    )
     parser.add_argument("--json", type=Path, help="also write every record and the summary here")
     parser.add_argument("--write-doc", action="store_true", help=f"rewrite the results block of {DOC}")
     args = parser.parse_args(argv)
@@ -596,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(records, args.seed)
     if not args.greedy_only:
         torch.manual_seed(args.seed)
-        sampled = run(model, tokenizer, prompts, args.max_new_tokens, sample=True)
+        sampled = run(model, tokenizer, prompts[: args.sampled_n], args.max_new_tokens, sample=True)
         summary["spread"]["sampled"] = spread(sampled, args.seed)
     settings = {
         "date": datetime.date.today().isoformat(),
