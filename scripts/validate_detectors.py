@@ -552,8 +552,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         low, high = row["range"]
         lines.append(
             f"| {decoding} | {row['n']} | {row['distinct']} | {_pct(row['largest_tie_share'])} | "
-            f"{row['ones']} | "
-            f"{low:.3f}–{high:.3f} | {row['loops']} | {_num(row['mean_loop'])} / {_num(row['mean_healthy'])} | "
+            f"{row['ones']} | {low:.3f}–{high:.3f} | {row['loops']} | "
+            f"{_num(row['mean_loop'])} / {_num(row['mean_healthy'])} | "
             f"{_num(row['loop_auroc'], 3)}{_interval(row['loop_auroc_ci'], percent=False)} |"
         )
     lines += [
