@@ -148,13 +148,7 @@ def load(path: str | os.PathLike[str]) -> Baseline:
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BaselineError(f"baseline {path!r}: {error}") from None
-    if not isinstance(document, Mapping):
-        raise BaselineError(f"baseline {path!r}: expected a JSON object")
-    baseline = parse(document, path)
+    baseline = parse(read_json_object(path, "baseline", BaselineError), path)
     with _CACHE_LOCK:
         _CACHE[key] = baseline
     return baseline
@@ -164,13 +158,28 @@ def configured_paths(options: Mapping[str, Any]) -> list[str]:
     """Baseline files from ``plugin_options["baseline"]["path"]`` (a path or a list), else the
     ``COREVITAL_BASELINE`` variable (paths separated by ``os.pathsep``)."""
     settings = options.get(OPTIONS_KEY) or {}
-    configured = settings.get("path") if isinstance(settings, Mapping) else None
+    return paths_from(settings.get("path") if isinstance(settings, Mapping) else None, ENVIRONMENT_VARIABLE)
+
+
+def paths_from(configured: Any, variable: str) -> list[str]:
+    """Files from an option (a path or a list of paths), else from ``variable`` (joined by ``os.pathsep``)."""
     if configured is None:
-        raw = os.environ.get(ENVIRONMENT_VARIABLE, "")
+        raw = os.environ.get(variable, "")
         return [part for part in raw.split(os.pathsep) if part.strip()]
     if isinstance(configured, (str, os.PathLike)):
         return [os.fspath(configured)]
     return [os.fspath(item) for item in configured]
+
+
+def read_json_object(path: str, what: str, error: type[ValueError]) -> Mapping[str, Any]:
+    """The JSON object in ``path``; raises ``error`` naming ``what`` when unreadable or not an object."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as problem:
+        raise error(f"{what} {path!r}: {problem}") from None
+    if not isinstance(document, Mapping):
+        raise error(f"{what} {path!r}: expected a JSON object")
+    return document
 
 
 def same_model(first: str, second: str) -> bool:

@@ -19,7 +19,6 @@ Configured with ``plugin_options={"risk": {"calibration": "risk.json"}}`` or
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from corevital_otel.plugins import _risk_features
-from corevital_otel.plugins._baseline_file import same_model
+from corevital_otel.plugins._baseline_file import paths_from, read_json_object, same_model
 from corevital_otel.plugins._scales import METRICS, Scale, Scales
 
 FORMAT = "corevital-risk-calibration"
@@ -143,13 +142,7 @@ def parse(document: Mapping[str, Any], source: str) -> RiskModel:
 
 @lru_cache(maxsize=32)
 def _load_cached(path: str, modified: float) -> RiskModel:
-    try:
-        content = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CalibrationError(f"risk calibration {path!r}: {error}") from None
-    if not isinstance(content, Mapping):
-        raise CalibrationError(f"risk calibration {path!r}: expected a JSON object")
-    return parse(content, path)
+    return parse(read_json_object(path, "risk calibration", CalibrationError), path)
 
 
 def load(path: str | os.PathLike[str]) -> RiskModel:
@@ -165,13 +158,7 @@ def load(path: str | os.PathLike[str]) -> RiskModel:
 def configured_paths(settings: Mapping[str, Any]) -> list[str]:
     """Calibration files from the risk plugin's ``calibration`` option (a path or a list), else
     ``COREVITAL_RISK_CALIBRATION`` (paths separated by ``os.pathsep``)."""
-    configured = settings.get("calibration")
-    if configured is None:
-        raw = os.environ.get(ENVIRONMENT_VARIABLE, "")
-        return [part for part in raw.split(os.pathsep) if part.strip()]
-    if isinstance(configured, (str, os.PathLike)):
-        return [os.fspath(configured)]
-    return [os.fspath(item) for item in configured]
+    return paths_from(settings.get("calibration"), ENVIRONMENT_VARIABLE)
 
 
 def model_for(model_name: str, settings: Mapping[str, Any]) -> RiskModel:
