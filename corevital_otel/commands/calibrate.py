@@ -27,6 +27,7 @@ from ..hookspecs import hookimpl
 from ..results import GenerationInfo, StepSeries
 
 EXCLUDED_SERIES = ("risk.running",)  # derived from the baseline itself
+LAYER_SERIES = ("hidden_states.layers.l2_norm",)  # per-layer medians: layer blame's reference
 
 
 class _Collector:
@@ -36,6 +37,7 @@ class _Collector:
 
     def __init__(self) -> None:
         self.values: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.layers: dict[str, list[np.ndarray]] = defaultdict(list)
         self.model_name: str | None = None
         self.model_type = ""
         self.family = ""
@@ -48,10 +50,23 @@ class _Collector:
         self.generations += int(series.mask.shape[1]) if series.mask.ndim == 2 else 0
         self.steps += int(series.mask.sum())
         for name, array in series.arrays.items():
+            if name in LAYER_SERIES and array.ndim == 3:
+                self.layers[name].append(array[series.mask])  # (real steps, layers)
             if array.ndim != 2 or name in EXCLUDED_SERIES:
                 continue
             values = array[series.mask]
             self.values[name].append(values[np.isfinite(values)])
+
+    def layer_medians(self) -> dict[str, list[float]]:
+        """Per per-layer series, each layer's median over every real step (one layer count only)."""
+        medians = {}
+        for name, parts in self.layers.items():
+            if len({part.shape[1] for part in parts}) == 1:
+                with np.errstate(all="ignore"):
+                    values = np.nanmedian(np.concatenate(parts), axis=0)
+                if np.isfinite(values).all():
+                    medians[name] = [float(v) for v in values]
+        return medians
 
     def observed(self) -> dict[str, np.ndarray]:
         merged = {name: np.concatenate(parts) for name, parts in self.values.items()}
@@ -124,6 +139,7 @@ def calibrate(
             "do_sample": do_sample,
         },
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        layer_medians=collector.layer_medians(),
     )
 
 

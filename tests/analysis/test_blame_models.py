@@ -1,15 +1,22 @@
 """Layer blame on real (tiny, random) GPT-2 models of 4, 8 and 12 layers with one layer's output scaled
 x50 on every step: the blamed layer is the scaled one, wherever it sits, and the narrative names it.
 
-A random GPT-2's residual-stream norms are flat over depth (about 0.16 per layer here), so a layer-0
-anomaly lifts every layer alike and leaves no step between layers to find: blame then names no layer
-rather than a wrong one (docs/risk.md, layer blame)."""
+A random GPT-2's residual-stream norms are flat over depth (about 0.16 per layer here), so without a
+reference a layer-0 anomaly lifts every layer alike and leaves no step between layers to find: blame
+then names no layer rather than a wrong one. With a calibrated baseline holding the model's median norm
+per layer (``corevital-otel calibrate`` writes it), layer 0 is found too (docs/risk.md, layer blame)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import transformers
+
+import corevital_otel
+from corevital_otel.commands.calibrate import _Collector
+from corevital_otel.plugins._baseline_file import build
 
 SCALE = 50.0
 CASES = [(layers, position) for layers in (4, 8, 12) for position in range(layers)]
@@ -32,18 +39,46 @@ def scale_output(module: torch.nn.Module, factor: float):
     return module.register_forward_hook(hook)
 
 
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+
+def generate(model: torch.nn.Module) -> None:
+    model.generate(
+        IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=5, do_sample=False, pad_token_id=0
+    )
+
+
+def scaled_run(model: torch.nn.Module, position: int) -> None:
+    handle = scale_output(model.transformer.h[position], SCALE)
+    try:
+        generate(model)
+    finally:
+        handle.remove()
+
+
+def healthy_baseline(instrumented, model: torch.nn.Module, path) -> str:
+    """A baseline file of ``model``'s healthy run, built by calibrate's own collector."""
+    collector = _Collector()
+    instrumented(capture_mode="summary", plugins=[collector])
+    generate(model)
+    corevital_otel.uninstrument()
+    document = build(
+        collector.observed(),
+        collector.model_name or "",
+        collector.model_type,
+        collector.family,
+        {},
+        "now",
+        layer_medians=collector.layer_medians(),
+    )
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
 @pytest.mark.parametrize(("layers", "position"), CASES, ids=[f"{n}layers-at{k}" for n, k in CASES])
 def test_blame_names_the_scaled_layer(instrumented, layers, position):
     telemetry = instrumented(capture_mode="summary")
-    model = gpt2(layers)
-    handle = scale_output(model.transformer.h[position], SCALE)
-    try:
-        ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
-        model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=0
-        )
-    finally:
-        handle.remove()
+    scaled_run(gpt2(layers), position)
     (span,) = telemetry.generation_spans()
     attributes = span.attributes
     (top,) = attributes.get("corevital.blame.top_layer", (-1,))
@@ -57,11 +92,28 @@ def test_blame_names_the_scaled_layer(instrumented, layers, position):
     assert f"Layer {position} is the most suspect" in narrative
 
 
-def test_a_healthy_model_blames_nothing(instrumented):
-    telemetry = instrumented(capture_mode="summary")
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
-    gpt2(8).generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=0
+@pytest.mark.parametrize(("layers", "position"), CASES, ids=[f"{n}layers-at{k}" for n, k in CASES])
+def test_with_a_baseline_blame_names_the_scaled_layer_layer_0_included(
+    instrumented, tmp_path, layers, position
+):
+    model = gpt2(layers)
+    path = healthy_baseline(instrumented, model, tmp_path / "baseline.json")
+    telemetry = instrumented(capture_mode="summary", plugin_options={"baseline": {"path": path}})
+    scaled_run(model, position)
+    attributes = telemetry.generation_spans()[-1].attributes
+    assert attributes["corevital.baseline.source"] == "baseline.json"
+    assert tuple(attributes["corevital.blame.top_layer"]) == (position,), attributes.get(
+        "corevital.blame.layers"
     )
-    (span,) = telemetry.generation_spans()
-    assert tuple(span.attributes["corevital.blame.layers"]) == ()
+    assert f"Layer {position} is the most suspect" in attributes["corevital.narrative"][0]
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_a_healthy_model_blames_nothing(instrumented, tmp_path, baseline):
+    model = gpt2(8)
+    options = (
+        {"baseline": {"path": healthy_baseline(instrumented, model, tmp_path / "b.json")}} if baseline else {}
+    )
+    telemetry = instrumented(capture_mode="summary", plugin_options=options)
+    generate(model)
+    assert tuple(telemetry.generation_spans()[-1].attributes["corevital.blame.layers"]) == ()
