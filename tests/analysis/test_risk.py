@@ -228,7 +228,7 @@ def test_assess_publishes_scores_levels_factors_features_and_metrics():
     assert results.get("corevital.risk.calibration") == "family:default"
     features = np.array(results.get(risk.FEATURES_ATTRIBUTE)).reshape(2, len(_risk_features.NAMES))
     assert features[1, _risk_features.NAMES.index("loop")] == 1.0 and not features[0].any()
-    assert results.get("corevital.capture.escalated") is True
+    assert results.escalations == ["risk", "serious_flag"]
     recorded = [(m.name, m.value, m.attributes) for m in results.metrics]
     assert recorded == [
         ("corevital.risk.score", scores[0], {}),
@@ -238,14 +238,12 @@ def test_assess_publishes_scores_levels_factors_features_and_metrics():
     ]
 
 
-@pytest.mark.parametrize(
-    ("capture_mode", "escalated"), [("on_risk", False), ("full", None), ("summary", None)]
-)
-def test_escalation_only_in_on_risk_mode_and_only_when_risky(capture_mode, escalated):
+@pytest.mark.parametrize("capture_mode", ["on_risk", "full", "summary"])
+def test_escalation_only_in_on_risk_mode_and_only_when_risky(capture_mode):
     series = make_series(logits__entropy=np.full(STEPS, 2.0))
     results = results_with()
     risk.corevital_assess(make_info(capture_mode=capture_mode), series, results)
-    assert results.get("corevital.capture.escalated") is escalated
+    assert results.escalations == []
 
 
 @pytest.mark.parametrize(
