@@ -88,6 +88,15 @@ def _entry(value: Any, row: int) -> Any:
     return value
 
 
+def is_failure(label: Any, failure: str) -> bool:
+    """``label`` names the failure: equal as numbers when both are (a Langfuse score's 0 or 0.0), else as
+    text, case-insensitive."""
+    try:
+        return float(label) == float(failure)
+    except (TypeError, ValueError):
+        return str(label).strip().lower() == failure.strip().lower()
+
+
 def outcome(record: Mapping[str, Any], attributes: Mapping[str, Any], failure: str, number: int) -> Outcome:
     row = int(record.get("row", 0))
     width = len(_risk_features.NAMES)
@@ -97,7 +106,7 @@ def outcome(record: Mapping[str, Any], attributes: Mapping[str, Any], failure: s
     group = record.get("group") or _entry(attributes.get(PROMPT_HASH), row) or record.get("trace_id")
     return Outcome(
         features=np.asarray(flat[width * row : width * (row + 1)], dtype=np.float64),
-        failed=str(record["label"]).strip().lower() == failure.strip().lower(),
+        failed=is_failure(record["label"], failure),
         group=str(group if group is not None else f"line-{number}"),
         model=str(attributes.get(MODEL, "")),
         scales_source=str(attributes.get(SCALES_SOURCE, "")),

@@ -51,6 +51,25 @@ def test_auroc_matches_the_pairwise_definition_with_ties():
     assert _logistic.auroc(scores, positive) == pytest.approx(pairwise)
 
 
+@pytest.mark.parametrize(
+    ("label", "failure", "failed"),
+    [
+        ("incorrect", "incorrect", True),
+        ("Incorrect ", "incorrect", True),
+        ("correct", "incorrect", False),
+        (0.0, "0", True),
+        (0, "0", True),
+        (1, "0", False),
+        ("False", "false", True),
+        (True, "0", False),
+    ],
+)
+def test_labels_match_the_failure_as_numbers_or_text(label, failure, failed):
+    from corevital_otel.commands._outcomes import is_failure
+
+    assert is_failure(label, failure) is failed
+
+
 def test_expected_calibration_error():
     assert _logistic.expected_calibration_error(np.array([0.25] * 4), np.array([1, 0, 0, 0])) == 0.0
     assert _logistic.expected_calibration_error(np.array([0.95] * 10), np.zeros(10)) == pytest.approx(0.95)
