@@ -4,7 +4,8 @@
 
     {"format": "corevital-baseline", "version": 1, "model": "...", "model_type": "...", "family": "...",
      "created": "...", "generation": {...}, "metrics": {"logits.entropy": {"count": n, "mean": ..,
-     "std": .., "quantiles": [101 values: the 0th, 1st, ..., 100th percentile]}, ...}}
+     "std": .., "quantiles": [101 values: the 0th, 1st, ..., 100th percentile]}, ...},
+     "layers": {"hidden_states.layers.l2_norm": {"median": [one value per layer]}}}
 
 The baseline and risk plugins read it; the quantile grid is the metric's distribution function.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class Baseline:
     family: str
     source: str  # the file's name, for the span
     metrics: Mapping[str, MetricDistribution]
+    layer_medians: Mapping[str, np.ndarray] = field(default_factory=dict)  # per-layer series -> (layers,)
 
     def get(self, name: str) -> MetricDistribution | None:
         return self.metrics.get(name)
@@ -86,8 +88,10 @@ def build(
     family: str,
     generation: Mapping[str, Any],
     created: str,
+    layer_medians: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
-    """The baseline document for ``observed`` (metric name -> every value seen on a real step)."""
+    """The baseline document for ``observed`` (metric name -> every value seen on a real step) and, per
+    per-layer series, each layer's median (``layers``: what layer blame compares a run's layers with)."""
     metrics = {}
     for name in sorted(observed):
         entry = distribution(observed[name])
@@ -102,6 +106,9 @@ def build(
         "created": created,
         "generation": dict(generation),
         "metrics": metrics,
+        "layers": {
+            name: {"median": [float(v) for v in values]} for name, values in (layer_medians or {}).items()
+        },
     }
 
 
@@ -124,7 +131,14 @@ def parse(document: Mapping[str, Any], source: str) -> Baseline:
             float(entry.get("std", np.nan)),
             quantiles,
         )
+    layers = {}
+    for name, entry in (document.get("layers") or {}).items():  # optional: older files have none
+        medians = np.asarray(entry.get("median", ()), dtype=np.float64)
+        if medians.ndim != 1 or not np.all(np.isfinite(medians)):
+            raise BaselineError(f"{source}: per-layer {name!r} needs one finite median per layer")
+        layers[name] = medians
     return Baseline(
+        layer_medians=layers,
         model=str(document.get("model", "")),
         model_type=str(document.get("model_type", "")),
         family=str(document.get("family", "")),
@@ -148,13 +162,7 @@ def load(path: str | os.PathLike[str]) -> Baseline:
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BaselineError(f"baseline {path!r}: {error}") from None
-    if not isinstance(document, Mapping):
-        raise BaselineError(f"baseline {path!r}: expected a JSON object")
-    baseline = parse(document, path)
+    baseline = parse(read_json_object(path, "baseline", BaselineError), path)
     with _CACHE_LOCK:
         _CACHE[key] = baseline
     return baseline
@@ -164,13 +172,28 @@ def configured_paths(options: Mapping[str, Any]) -> list[str]:
     """Baseline files from ``plugin_options["baseline"]["path"]`` (a path or a list), else the
     ``COREVITAL_BASELINE`` variable (paths separated by ``os.pathsep``)."""
     settings = options.get(OPTIONS_KEY) or {}
-    configured = settings.get("path") if isinstance(settings, Mapping) else None
+    return paths_from(settings.get("path") if isinstance(settings, Mapping) else None, ENVIRONMENT_VARIABLE)
+
+
+def paths_from(configured: Any, variable: str) -> list[str]:
+    """Files from an option (a path or a list of paths), else from ``variable`` (joined by ``os.pathsep``)."""
     if configured is None:
-        raw = os.environ.get(ENVIRONMENT_VARIABLE, "")
+        raw = os.environ.get(variable, "")
         return [part for part in raw.split(os.pathsep) if part.strip()]
     if isinstance(configured, (str, os.PathLike)):
         return [os.fspath(configured)]
     return [os.fspath(item) for item in configured]
+
+
+def read_json_object(path: str, what: str, error: type[ValueError]) -> Mapping[str, Any]:
+    """The JSON object in ``path``; raises ``error`` naming ``what`` when unreadable or not an object."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as problem:
+        raise error(f"{what} {path!r}: {problem}") from None
+    if not isinstance(document, Mapping):
+        raise error(f"{what} {path!r}: expected a JSON object")
+    return document
 
 
 def same_model(first: str, second: str) -> bool:

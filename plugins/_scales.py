@@ -75,7 +75,7 @@ def family_scales(name: str) -> dict[str, Scale]:
 FAMILY_SCALES: dict[str, dict[str, Scale]] = {name: family_scales(name) for name in family_names()}
 
 
-def _from_baseline(baseline: Baseline, fallback: dict[str, Scale]) -> dict[str, Scale]:
+def from_baseline(baseline: Baseline, fallback: dict[str, Scale]) -> dict[str, Scale]:
     scales = dict(fallback)
     for metric, series_name in SERIES.items():
         distribution = baseline.get(series_name)
@@ -112,7 +112,7 @@ def resolve(info: GenerationInfo) -> Scales:
     except BaselineError:
         baseline = None  # the baseline plugin reports the unreadable file
     if baseline is not None:
-        scales = _from_baseline(baseline, scales)
+        scales = from_baseline(baseline, scales)
         source = f"baseline:{baseline.source}"
         distribution = baseline.get(_inputs.ENTROPY)
         if distribution is not None and distribution.count >= 10:

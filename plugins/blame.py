@@ -5,9 +5,12 @@ Per row, from the per-step, per-layer series the hidden-state and attention plug
 - ``nonfinite`` (severity 1.0): the layer's output (or its attention row) held NaN/Inf on some step, as
   the hidden-state and attention plugins' indicators say; without those indicators, an L2 norm that is
   not a finite number. A NaN raises blame, never an exception.
-- ``l2_outlier`` (0.6 to 0.9): the layer's mean output norm is off the depth trend by more than a factor
-  of ``L2_OUTLIER_RATIO`` either way. Residual-stream norms grow roughly exponentially with depth, so the
-  trend is a robust (Theil-Sen) line through log-norm over layer index; needs 3 layers with finite norms.
+- ``l2_outlier`` (0.6 to 0.9): the step of the mean output norm from the previous layer into this one
+  is off the median step by more than a factor of ``L2_OUTLIER_RATIO`` either way (log-norm steps:
+  residual-stream norms grow roughly exponentially with depth, and a scaled layer lifts every later
+  one, so the culprit is where the step is, see ``_depth_jumps``); needs 3 layers with finite norms.
+  With a calibrated baseline holding the model's median norm per layer, each layer's norm is compared
+  with its own median instead, and a step from "as calibrated" into layer 0 counts too.
 - ``unstable_norm`` (0.3 to 0.5): the layer's norm swings across steps: (p90 - p10) / median above
   ``UNSTABLE_SPREAD``; needs 4 steps.
 - ``collapse`` (0.35 to 0.5): the layer's attention counted as collapsed on at least ``COLLAPSE_FREQUENT``
@@ -24,6 +27,7 @@ import numpy as np
 
 from corevital_otel import GenerationInfo, GenerationResults, StepSeries, hookimpl
 from corevital_otel.plugins import _inputs
+from corevital_otel.plugins._baseline_file import BaselineError, baseline_for
 from corevital_otel.plugins._inputs import LayerInputs
 
 COREVITAL_PLUGIN_NAME = "blame"
@@ -60,19 +64,51 @@ def _column_statistics(values: np.ndarray, quantiles: tuple[float, ...]) -> tupl
     return counts, out
 
 
-def _theil_sen_residuals(log_norms: np.ndarray) -> np.ndarray:
-    """Residuals of finite ``log_norms`` (NaN elsewhere) from a robust line over the layer index."""
-    layers = np.flatnonzero(np.isfinite(log_norms))
-    points = log_norms[layers]
-    first, second = np.triu_indices(layers.size, k=1)
-    slope = float(np.median((points[second] - points[first]) / (layers[second] - layers[first])))
-    intercept = float(np.median(points - slope * layers))
-    residuals = np.full(log_norms.shape, np.nan)
-    residuals[layers] = points - (intercept + slope * layers)
-    return residuals
+def _depth_jumps(log_norms: np.ndarray, reference: np.ndarray | None = None) -> dict[int, float]:
+    """Layer -> how far (in log-norm, beyond the typical growth) the residual stream jumped into it.
+
+    The stream carries a layer's output on: a layer that scales its output by 50 lifts every later
+    layer's norm too, so the culprit is where the *step* between consecutive layers is off, not the layer
+    farthest off a line through the levels. Without a reference the typical step is the median step,
+    and layer 0 has no step into it: norms alone cannot tell a layer-0 anomaly from a model whose norms
+    are flat. With ``reference`` (the calibrated baseline's median log-norm per layer) each layer is
+    compared with its own typical level, layer 0 included (a step from 0 into it). A jump undone at the
+    next layer (opposite sign) is one layer's own output off, blamed on that layer alone."""
+    if reference is not None:
+        relative = log_norms - reference
+        layers = np.flatnonzero(np.isfinite(relative))
+        if not layers.size:
+            return {}
+        levels = np.concatenate([[0.0], relative[layers]])  # before layer 0: as calibrated
+        layers = np.concatenate([[-1], layers])
+        steps, typical = np.diff(levels), 0.0
+    else:
+        layers = np.flatnonzero(np.isfinite(log_norms))
+        if layers.size < 3:
+            return {}
+        steps = np.diff(log_norms[layers]) / np.diff(layers)  # growth per layer into layers[1:]
+        typical = float(np.median(steps))
+    excess = steps - typical
+    limit = np.log(L2_OUTLIER_RATIO)
+    jumps: dict[int, float] = {}
+    index = 0
+    while index < excess.size:
+        if abs(excess[index]) > limit:
+            jumps[int(layers[index + 1])] = float(abs(excess[index]))
+            following = index + 1
+            if (
+                following < excess.size
+                and excess[following] * excess[index] < 0
+                and abs(excess[following]) > limit
+            ):
+                index += 1  # the next step only undoes this one
+        index += 1
+    return jumps
 
 
-def _l2_evidence(l2: np.ndarray, nonfinite_from_l2: bool) -> dict[int, dict[str, float]]:
+def _l2_evidence(
+    l2: np.ndarray, nonfinite_from_l2: bool, reference: np.ndarray | None = None
+) -> dict[int, dict[str, float]]:
     """Per layer, the severity of each L2-based reason found."""
     evidence: dict[int, dict[str, float]] = {}
     with np.errstate(all="ignore"):
@@ -83,12 +119,9 @@ def _l2_evidence(l2: np.ndarray, nonfinite_from_l2: bool) -> dict[int, dict[str,
         counts, (p10, median, p90) = _column_statistics(l2, (10, 50, 90))
         means = np.where(counts > 0, finite.sum(axis=0) / np.maximum(counts, 1), np.nan)
         log_norms = np.where(means > 0, np.log(means), np.nan)
-        if np.isfinite(log_norms).sum() >= 3:
-            residuals = _theil_sen_residuals(log_norms)
-            limit = np.log(L2_OUTLIER_RATIO)
-            for layer in np.flatnonzero(np.abs(np.nan_to_num(residuals)) > limit):
-                excess = abs(residuals[layer]) / limit
-                evidence.setdefault(int(layer), {})["l2_outlier"] = float(min(0.9, 0.5 + 0.1 * excess))
+        limit = np.log(L2_OUTLIER_RATIO)
+        for layer, jump in _depth_jumps(log_norms, reference).items():
+            evidence.setdefault(layer, {})["l2_outlier"] = float(min(0.9, 0.5 + 0.1 * jump / limit))
         spread = (p90 - p10) / median
         unstable = (counts >= UNSTABLE_MIN_STEPS) & (median > 0) & (spread > UNSTABLE_SPREAD)
         for layer in np.flatnonzero(unstable):
@@ -97,13 +130,15 @@ def _l2_evidence(l2: np.ndarray, nonfinite_from_l2: bool) -> dict[int, dict[str,
     return evidence
 
 
-def blame_row(inputs: LayerInputs) -> list[LayerBlame]:
-    """The blamed layers of one row, most severe first (ties: lower layer first)."""
+def blame_row(inputs: LayerInputs, reference: np.ndarray | None = None) -> list[LayerBlame]:
+    """The blamed layers of one row, most severe first (ties: lower layer first); ``reference`` is the
+    calibrated baseline's median log L2 norm per layer, when there is one for this layer count."""
     evidence: dict[int, dict[str, float]] = {}
     if inputs.l2 is not None and inputs.l2.size:
         # With a NaN/Inf indicator published, it decides (a NaN there marks a step nothing was captured
         # for); without one, a norm that is not a finite number is the evidence.
-        evidence = _l2_evidence(inputs.l2, nonfinite_from_l2=inputs.nonfinite is None)
+        usable = reference if reference is not None and reference.shape == inputs.l2.shape[1:] else None
+        evidence = _l2_evidence(inputs.l2, nonfinite_from_l2=inputs.nonfinite is None, reference=usable)
     if inputs.nonfinite is not None and inputs.nonfinite.size:
         with np.errstate(invalid="ignore"):
             hits = inputs.nonfinite > 0.5
@@ -138,12 +173,25 @@ def merge_rows(rows: list[list[LayerBlame]]) -> list[LayerBlame]:
     return sorted(merged.values(), key=lambda item: (-item.severity, item.layer))
 
 
+def _reference(info: GenerationInfo) -> np.ndarray | None:
+    """The calibrated baseline's median log L2 norm per layer for this model, if it has one."""
+    try:
+        baseline = baseline_for(info.model_name, info.options)
+    except BaselineError:
+        return None  # the baseline plugin reports the unreadable file
+    medians = None if baseline is None else baseline.layer_medians.get(_inputs.LAYER_L2)
+    if medians is None or not np.all(medians > 0):
+        return None
+    return np.log(medians)
+
+
 @hookimpl(trylast=True)  # after the hidden-state and attention plugins' own assess
 def corevital_assess(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
     inputs = [_inputs.layer_inputs(series, row) for row in range(_inputs.rows_of(info, series))]
     if not any(item.layers for item in inputs):
         return  # no per-layer evidence published (capture off, or summary mode skipped it)
-    per_row = [blame_row(item) for item in inputs]
+    reference = _reference(info)
+    per_row = [blame_row(item, reference) for item in inputs]
     merged = merge_rows(per_row)
     results.set("corevital.blame.layers", [item.layer for item in merged])
     if not merged:

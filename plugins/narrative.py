@@ -24,6 +24,7 @@ from corevital_otel.plugins.risk import risk_level
 COREVITAL_PLUGIN_NAME = "narrative"
 MAX_SENTENCES = 5
 MAX_CONTINUOUS_FACTORS = 2
+SPIKE_BITS = 1.0  # a step this far above the row's median entropy is a spike
 
 FLAG_PHRASES = {
     "nan": "NaN values",
@@ -38,6 +39,7 @@ FACTOR_PHRASES = {
     "topk_mass": "a spread-out top-10 mass",
     "surprisal": "surprising tokens",
     "entropy_trend": "rising entropy",
+    "first_entropy": "an uncertain first token",
 }
 WARNING_PHRASES = {
     "entropy_accelerating": "entropy is accelerating",
@@ -116,14 +118,27 @@ def flag_sentences(flags: Flags, series: StepSeries, results: GenerationResults,
 
 
 def entropy_sentence(series: StepSeries, row: int, high: float) -> str | None:
+    """What entropy did, worded for the series' shape: a spike only when one step stands at least
+    ``SPIKE_BITS`` above the row's median; a flat series (or a single step) says so."""
     entropy = _inputs.row_series(series, _inputs.ENTROPY, row)
     if entropy is None or not np.isfinite(entropy).any():
         return None
     usable = np.where(np.isfinite(entropy), entropy, np.nan)
     peak_step = int(np.nanargmax(usable))
     peak, low, mean = float(usable[peak_step]), float(np.nanmin(usable)), float(np.nanmean(usable))
-    if peak >= high:
+    steps = int(np.isfinite(usable).sum())
+    above = f", above the {high:.1f}-bit high-entropy threshold" if peak > high else ""
+    if round(peak, 1) == round(low, 1):
+        where = "the only step" if steps == 1 else "every step"
+        return f"Entropy was {peak:.1f} bits on {where}{above}."
+    if peak > high and peak - float(np.nanmedian(usable)) >= SPIKE_BITS:
         return f"Entropy spiked to {peak:.1f} bits at step {peak_step} (mean {mean:.1f} bits)."
+    if peak > high:
+        count = int((usable > high).sum())
+        return (
+            f"Entropy ranged from {low:.1f} to {peak:.1f} bits (mean {mean:.1f} bits), "
+            f"{count} of {steps} steps above the {high:.1f}-bit high-entropy threshold."
+        )
     return f"Entropy stayed between {low:.1f} and {peak:.1f} bits (mean {mean:.1f} bits)."
 
 

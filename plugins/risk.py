@@ -1,22 +1,22 @@
-"""Risk: one score per row in [0, 1] with named factors, a running risk during generation, escalation.
+"""Risk: one graded score per row in [0, 1] with named factors, a running risk during generation, escalation.
 
-The formula (docs/risk.md has the full statement)::
+The score (docs/risk.md has the full statement)::
 
-    risk = 1.0                                       when NaN/Inf appeared (factor nan / inf)
-    risk = min(1, floor + sum_c weight_c * component_c)  otherwise
+    risk = 1.0                                   when NaN/Inf appeared (factor nan / inf): nothing else
+    risk = min(0.999, sigmoid(b + Σ w_i f_i))    otherwise
 
-    floor       = max of the fired flags' floors: repetition_loop 0.7, mid_layer_anomaly 0.5,
-                  attention_collapse 0.15 (structural, often present in healthy runs)
-    component_c = mean over the row's steps of scale_c(x_t), for entropy (0.30), margin (0.15),
-                  top-k mass (0.10) and surprisal (0.15); scale_c is 0 at the family's (or baseline's)
-                  typical value and 1 at its bad value (plugins/_scales.py)
-    entropy_trend (0.10) = rise of entropy over the row (least-squares slope x (steps - 1)) divided by
-                  the entropy scale's typical-to-bad distance, clipped to [0, 1]; needs 4 steps
+    f = the row's feature vector (plugins/_risk_features.py): scaled entropy, margin, top-k mass,
+        surprisal, entropy trend, first-step entropy, a loop graded by how much of the row it covered and
+        how early it began, the mid-layer and attention-collapse flags
+    b, w = the documented default combination, or the weights ``corevital-otel calibrate --outcomes``
+        fitted to labelled generations of this model: the score is then the calibrated probability of
+        the labelled failure (plugins/_risk_model.py); ``corevital.risk.calibration`` says which
 
-The continuous part alone tops out at 0.8, so only a flag drives a row to 1.0, and a healthy row (whose
-metrics sit near the typical values) scores near 0. ``risk.running`` is the same continuous part per
-step, smoothed with an exponential moving average, and 1.0 from the first NaN/Inf on: it is computed
-on the device during generation and read by the ``risk`` intervention policy.
+A loop seen only on the last step barely moves the score; one under way from the start drives it
+high, but only NaN/Inf reaches 1.0. ``risk.running`` is a separate, simpler per-step signal: the weighted
+continuous components of each step's logits (``WEIGHTS``, at most 0.7 in all), smoothed with an
+exponential moving average, and 1.0 from the first NaN/Inf on: it is computed on the device during
+generation and read by the ``risk`` intervention policy.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
-from corevital_otel.plugins import _inputs, _options, _trends
+from corevital_otel.plugins import _inputs, _options, _risk_features, _risk_model
 from corevital_otel.plugins._inputs import Flags
+from corevital_otel.plugins._risk_model import DEFAULT, CalibrationError, RiskModel, model_for
 from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
 from corevital_otel.plugins.health import hidden_nonfinite
 from corevital_otel.plugins.logits import block_statistics, largest_logit
@@ -38,14 +39,13 @@ from corevital_otel.plugins.logits import block_statistics, largest_logit
 COREVITAL_PLUGIN_NAME = "risk"
 
 WEIGHTS: Mapping[str, float] = {"entropy": 0.30, "margin": 0.15, "topk_mass": 0.10, "surprisal": 0.15}
-TREND_WEIGHT = 0.10
-TREND_MIN_STEPS = 4
-FLOORS: Mapping[str, float] = {"repetition_loop": 0.7, "mid_layer_anomaly": 0.5, "attention_collapse": 0.15}
-FACTOR_MIN_CONTRIBUTION = 0.02  # a continuous component is named as a factor from this contribution on
+FACTOR_MIN_LOGIT = 0.25  # a feature is named as a factor from this push (log-odds) towards risk on
+FACTOR_FEATURES = ("entropy", "margin", "topk_mass", "surprisal", "entropy_trend", "first_entropy")
 LEVEL_BOUNDS = ((0.3, "low"), (0.7, "medium"))  # below 0.3 low, below 0.7 medium, else high
 DEFAULT_ESCALATE_THRESHOLD = 0.7
 RUNNING_ALPHA = 0.3  # EMA weight of the newest step in risk.running
 RUNNING_SERIES = "risk.running"
+FEATURES_ATTRIBUTE = "corevital.risk.features"
 
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -60,8 +60,9 @@ def risk_level(score: float) -> str:
 @dataclass(frozen=True)
 class RowRisk:
     score: float
-    factors: tuple[str, ...]  # fired flags first, then continuous components by contribution
-    contributions: Mapping[str, float] = field(default_factory=dict)
+    factors: tuple[str, ...]  # fired flags first, then features by their push towards risk
+    contributions: Mapping[str, float] = field(default_factory=dict)  # weight x feature, log-odds
+    features: np.ndarray = field(default_factory=lambda: np.zeros(len(_risk_features.NAMES)))
 
     @property
     def level(self) -> str:
@@ -69,7 +70,8 @@ class RowRisk:
 
 
 def components(values: Mapping[str, np.ndarray | None], scales: Scales) -> dict[str, float]:
-    """Each continuous component's contribution (weight x component) for one row's series."""
+    """The running risk's continuous part on the host (what :func:`step_risk` computes per step on the
+    device), each metric's weight x its clipped scaled value, averaged over the row's steps."""
     contributions: dict[str, float] = {}
     for metric in METRICS:
         series = values.get(metric)
@@ -79,28 +81,29 @@ def components(values: Mapping[str, np.ndarray | None], scales: Scales) -> dict[
         finite = scored[np.isfinite(scored)]
         if finite.size:
             contributions[metric] = WEIGHTS[metric] * float(finite.mean())
-    entropy = values.get("entropy")
-    if entropy is not None and np.isfinite(entropy).sum() >= TREND_MIN_STEPS:
-        _, points = _trends.finite_points(entropy)
-        rise = _trends.slope(entropy) * (points.size - 1)
-        span = abs(scales.entropy.bad - scales.entropy.typical)
-        contributions["entropy_trend"] = TREND_WEIGHT * float(np.clip(rise / span, 0.0, 1.0))
     return contributions
 
 
-def row_risk(values: Mapping[str, np.ndarray | None], flags: Flags, scales: Scales) -> RowRisk:
-    """The risk of one row from its step series (by metric name) and its health flags."""
-    contributions = components(values, scales)
+def row_risk(
+    values: Mapping[str, np.ndarray | None],
+    flags: Flags,
+    scales: Scales,
+    model: RiskModel = DEFAULT,
+    repetition: np.ndarray | None = None,
+) -> RowRisk:
+    """The risk of one row from its step series (by metric name), its loop evidence per step
+    (``health.repetition``) and its health flags, under the default combination or a calibration."""
+    features = _risk_features.row_features(values, repetition, flags, scales)
+    pushes = features * model.weights
+    contributions = {name: float(pushes[i]) for i, name in enumerate(_risk_features.NAMES)}
     named = sorted(
-        (name for name, value in contributions.items() if value >= FACTOR_MIN_CONTRIBUTION),
+        (name for name in FACTOR_FEATURES if contributions[name] >= FACTOR_MIN_LOGIT),
         key=lambda name: -contributions[name],
     )
-    fired = flags.fired
+    factors = (*flags.fired, *named)
     if flags.nonfinite:
-        return RowRisk(1.0, (*fired, *named), contributions)
-    floor = max((FLOORS[name] for name in fired if name in FLOORS), default=0.0)
-    score = float(min(1.0, floor + sum(contributions.values())))
-    return RowRisk(score, (*fired, *named), contributions)
+        return RowRisk(1.0, factors, contributions, features)
+    return RowRisk(float(model.score(features)), factors, contributions, features)
 
 
 class RiskOptions(_options.PluginOptions):
@@ -109,6 +112,9 @@ class RiskOptions(_options.PluginOptions):
     )
     scales: Any = _options.option(None, "risk scales per metric: {metric: [typical, bad]}")
     running: Any = _options.option(True, "compute the per-step risk.running series")
+    calibration: Any = _options.option(
+        None, "risk calibration file(s) from calibrate --outcomes", _risk_model.ENVIRONMENT_VARIABLE
+    )
 
 
 COREVITAL_OPTIONS = RiskOptions
@@ -209,11 +215,42 @@ def row_values(series: StepSeries, row: int) -> dict[str, np.ndarray | None]:
     return {metric: _inputs.row_series(series, name, row) for metric, name in SERIES.items()}
 
 
-@hookimpl(trylast=True)  # after the health plugin's assess, whose flags set the floors
+def model_of(info: GenerationInfo) -> RiskModel:
+    """The calibration fitted for this generation's model, else the default combination."""
+    return model_for(info.model_name, _settings(info))
+
+
+@hookimpl
+def corevital_check_options(options: Mapping[str, Any]) -> None:
+    """A calibration file that cannot be read fails instrument(), not every span (a misspelt option is
+    reported on the span, by corevital_generation_start)."""
+    settings = options.get(COREVITAL_PLUGIN_NAME)
+    for path in _risk_model.configured_paths(settings if isinstance(settings, Mapping) else {}):
+        try:
+            _risk_model.load(path)
+        except CalibrationError as error:
+            raise ValueError(str(error)) from error  # the core names the plugin
+
+
+@hookimpl(trylast=True)  # after the health plugin's assess, whose flags are read here
 def corevital_assess(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
-    scales = resolve(info)
+    try:
+        model = model_of(info)
+    except CalibrationError as error:
+        results.note_lost(f"risk: {error}")
+        model = DEFAULT
+    scales = model.with_scales(resolve(info))
     row_flags = _inputs.flags(info, series, results)
-    risks = [row_risk(row_values(series, row), row_flags[row], scales) for row in range(len(row_flags))]
+    risks = [
+        row_risk(
+            row_values(series, row),
+            row_flags[row],
+            scales,
+            model,
+            _inputs.row_series(series, _inputs.STEP_REPETITION[0], row),
+        )
+        for row in range(len(row_flags))
+    ]
     if not risks:
         return
     scores = [risk.score for risk in risks]
@@ -221,7 +258,10 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
     results.set_rows("corevital.risk.level", [risk.level for risk in risks], important=True)
     results.set_rows("corevital.risk.factors", [",".join(risk.factors) for risk in risks], important=True)
     results.set("corevital.risk.max", max(scores), important=True)
-    results.set("corevital.risk.calibration", scales.source)
+    results.set("corevital.risk.calibration", model.source if model is not DEFAULT else scales.source)
+    # rows x features, always an array (what calibrate --outcomes fits on): kept like the score
+    features = [round(float(v), 6) for risk in risks for v in risk.features]
+    results.set(FEATURES_ATTRIBUTE, features, important=True)
     if info.capture_mode == "on_risk":
         threshold = float(_settings(info).get("escalate_threshold", DEFAULT_ESCALATE_THRESHOLD))
         if max(scores) >= threshold:

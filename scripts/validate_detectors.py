@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from corevital_otel.plugins._logistic import auroc, expected_calibration_error, out_of_fold
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "validation.md"
 DOC_BEGIN, DOC_END = "<!-- validation:begin -->", "<!-- validation:end -->"
@@ -195,16 +197,6 @@ def line_steps(tokenizer: Any, tokens: Sequence[int]) -> int | None:
     return None
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """P(score of a random positive > score of a random negative), ties count half (Mann-Whitney U)."""
-    pos, neg = scores[positive], scores[~positive]
-    if not len(pos) or not len(neg):
-        return math.nan
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 def bootstrap_interval(scores: np.ndarray, positive: np.ndarray, seed: int) -> tuple[float, float]:
     """95% percentile bootstrap interval of the AUROC (resampling prompts)."""
     rng = np.random.default_rng(seed)
@@ -214,6 +206,8 @@ def bootstrap_interval(scores: np.ndarray, positive: np.ndarray, seed: int) -> t
         value = auroc(scores[pick], positive[pick])
         if not math.isnan(value):
             values.append(value)
+    if not values:
+        return math.nan, math.nan  # one class only: no interval
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
 
@@ -243,6 +237,7 @@ class Record:
     line_entropy: float | None
     first_entropy: float | None
     risk: float | None
+    features: list[float] | None  # corevital.risk.features of the row (layout in docs/risk.md)
 
 
 def _evidence(series: Sequence[float | None] | None) -> int:
@@ -278,14 +273,25 @@ def measure(prompt: Prompt, observation: Any, tokenizer: Any) -> Record:
         line_entropy=float(np.mean(line_values)) if line_values else None,
         first_entropy=entropy[0] if entropy else None,
         risk=observation.row("corevital.risk.score"),
+        features=_row_features(observation),
     )
+
+
+def _row_features(observation: Any) -> list[float] | None:
+    from corevital_otel.plugins._risk_features import NAMES
+
+    values = observation.attributes.get("corevital.risk.features")
+    return list(values[: len(NAMES)]) if values else None
 
 
 # ---------------------------------------------------------------------------------------------- run
 
 
-def run(model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_new_tokens: int) -> list[Record]:
-    """Instrument (the product's defaults, full capture), generate greedily per prompt, measure."""
+def run(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_new_tokens: int, sample: bool = False
+) -> list[Record]:
+    """Instrument (the product's defaults, full capture), generate per prompt (greedy, or sampled at
+    temperature 1 from the whole distribution), measure."""
     import corevital_otel
     from corevital_otel.report import Telemetry, observe
     from corevital_otel.report.generations import quiet_transformers
@@ -306,7 +312,11 @@ def run(model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_new_tokens: i
                     telemetry.spans,
                     prompt.text,
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
+                    **(
+                        {"do_sample": True, "temperature": 1.0, "top_k": 0}
+                        if sample
+                        else {"do_sample": False}
+                    ),
                 )
                 records.append(measure(prompt, observation, tokenizer))
                 if number % 50 == 0 or number == len(prompts):
@@ -376,9 +386,70 @@ def summarize(records: Sequence[Record], seed: int) -> dict[str, Any]:
             ("correct", "line_entropy"),
             ("correct", "first_entropy"),
             ("correct", "risk"),
+            ("next_correct", "risk"),
         )
     ]
+    summary["calibrated"] = [calibrated(records, task, seed) for task in TASKS]
+    summary["spread"] = {"greedy": spread(records, seed)}
     return summary
+
+
+def spread(records: Sequence[Record], seed: int) -> dict[str, Any]:
+    """How the risk score spreads over rows, and whether it ranks outputs that loop above the others."""
+    kept = [r for r in records if r.risk is not None]
+    scores = np.array([r.risk for r in kept])
+    loops = np.array([r.literal_onset is not None for r in kept])
+    _, counts = np.unique(scores, return_counts=True)
+    return {
+        "n": len(kept),
+        "distinct": int(counts.size),
+        "largest_tie_share": float(counts.max() / len(kept)) if len(kept) else math.nan,
+        "ones": int((scores == 1.0).sum()),
+        "range": (float(scores.min()), float(scores.max())) if len(kept) else (math.nan, math.nan),
+        "loops": int(loops.sum()),
+        "mean_loop": float(scores[loops].mean()) if loops.any() else math.nan,
+        "mean_healthy": float(scores[~loops].mean()) if (~loops).any() else math.nan,
+        "loop_auroc": auroc(scores, loops),
+        "loop_auroc_ci": bootstrap_interval(scores, loops, seed),
+    }
+
+
+def calibrated(records: Sequence[Record], task: str, seed: int) -> dict[str, Any]:
+    """The risk features fitted to ``task``'s failures as ``corevital-otel calibrate --outcomes`` does,
+    judged on held-out prompts: each row's probability comes from a fit on the other folds' prompts."""
+    from corevital_otel.plugins._risk_features import NAMES
+
+    kept = [r for r in records if r.features is not None]
+    features = np.array([r.features for r in kept], dtype=np.float64)
+    failed = ~np.array([getattr(r, task) for r in kept])
+    probability = out_of_fold(features, failed, [f"{r.file}:{r.line}" for r in kept])
+    single = {name: auroc(features[:, index], failed) for index, name in enumerate(NAMES)}
+    best = max(single, key=lambda name: -1.0 if math.isnan(single[name]) else single[name])
+    default = np.array([r.risk for r in kept], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    # ECE is biased upwards at small N: what a perfectly calibrated score with these probabilities would
+    # measure (labels drawn from the probabilities themselves), and the bootstrap interval over prompts.
+    floor = [
+        expected_calibration_error(probability, rng.random(probability.size) < probability)
+        for _ in range(500)
+    ]
+    resampled = [rng.integers(0, len(kept), len(kept)) for _ in range(BOOTSTRAP)]
+    eces = [expected_calibration_error(probability[pick], failed[pick]) for pick in resampled]
+    return {
+        "task": task,
+        "n": len(kept),
+        "failures": int(failed.sum()),
+        "auroc": auroc(probability, failed),
+        "auroc_ci": bootstrap_interval(probability, failed, seed),
+        "ece": expected_calibration_error(probability, failed),
+        "ece_ci": tuple(float(v) for v in np.percentile(eces, [2.5, 97.5])),
+        "ece_floor": float(np.median(floor)),
+        "mean_probability": float(probability.mean()),
+        "default_auroc": auroc(default, failed),
+        "best_feature": best,
+        "best_feature_auroc": single[best],
+        "features": single,
+    }
 
 
 def score_summary(records: Sequence[Record], task: str, score: str, seed: int) -> dict[str, Any]:
@@ -406,6 +477,10 @@ def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _num(value: float, digits: int = 2) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def _interval(interval: Sequence[float], percent: bool = True) -> str:
     low, high = interval
     if math.isnan(low):
@@ -417,7 +492,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     end, anywhere = summary["loop_end"], summary["loop_anywhere"]
     n = summary["n"]
     lines = [
-        f"Measured {settings['date']} · model `{settings['model']}` · N = {n} prompts · greedy, "
+        f"Measured {settings['date']} · model `{settings['model']}` · N = {n} prompts · greedy "
+        "(and sampled at temperature 1 for the risk spread), "
         f"{settings['max_new_tokens']} new tokens · seed {settings['seed']} · "
         f"{settings['runtime_s']:.0f} s on {settings['threads']} CPU thread(s) · torch {settings['torch']}, "
         f"transformers {settings['transformers']}, Python {settings['python']}.",
@@ -464,6 +540,37 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
             f"{row['mean_incorrect']:.2f} | {row['auroc_incorrect']:.3f}"
             f"{_interval(row['auroc_ci'], percent=False)} |"
         )
+    lines += [
+        "",
+        "**Risk score: spread over rows, loops ranked above the rest**",
+        "",
+        "| decoding | rows | distinct values | largest share of one value | rows at 1.0 | range | outputs "
+        "looping anywhere | mean risk, looping / not | AUROC for *looping* (95% bootstrap CI) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for decoding, row in summary["spread"].items():
+        low, high = row["range"]
+        lines.append(
+            f"| {decoding} | {row['n']} | {row['distinct']} | {_pct(row['largest_tie_share'])} | "
+            f"{row['ones']} | {low:.3f}–{high:.3f} | {row['loops']} | "
+            f"{_num(row['mean_loop'])} / {_num(row['mean_healthy'])} | "
+            f"{_num(row['loop_auroc'], 3)}{_interval(row['loop_auroc_ci'], percent=False)} |"
+        )
+    lines += [
+        "",
+        "**Calibrated risk: the features fitted to each task's failures, judged on held-out prompts**",
+        "",
+        "| task | failures | calibrated AUROC for *incorrect* (95% bootstrap CI) | ECE (95% bootstrap CI) | "
+        "ECE of a perfectly calibrated score at this N | best single feature (AUROC) | default risk AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["calibrated"]:
+        lines.append(
+            f"| {TASKS[row['task']]} | {row['failures']} of {row['n']} | {row['auroc']:.3f}"
+            f"{_interval(row['auroc_ci'], percent=False)} | {row['ece']:.3f}"
+            f"{_interval(row['ece_ci'], percent=False)} | {row['ece_floor']:.3f} | `{row['best_feature']}` "
+            f"({row['best_feature_auroc']:.3f}) | {row['default_auroc']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -481,6 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--greedy-only", action="store_true", help="skip the sampled run (risk spread at temperature 1)"
+    )
+    parser.add_argument(
+        "--sampled-n", type=int, default=300, help="prompts of the sampled run (the first 300)"
+    )
     parser.add_argument("--json", type=Path, help="also write every record and the summary here")
     parser.add_argument("--write-doc", action="store_true", help=f"rewrite the results block of {DOC}")
     args = parser.parse_args(argv)
@@ -500,6 +613,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(prompts)} prompts from {len(files)} held-out files", file=sys.stderr)
     records = run(model, tokenizer, prompts, args.max_new_tokens)
     summary = summarize(records, args.seed)
+    if not args.greedy_only:
+        torch.manual_seed(args.seed)
+        sampled = run(model, tokenizer, prompts[: args.sampled_n], args.max_new_tokens, sample=True)
+        summary["spread"]["sampled"] = spread(sampled, args.seed)
     settings = {
         "date": datetime.date.today().isoformat(),
         "model": DEMO_MODEL_NAME,

@@ -1,6 +1,7 @@
-"""``corevital-otel calibrate``: run a prompt file through a model and write its baseline profile.
+"""``corevital-otel calibrate``: write a model's baseline profile, or fit its risk score to outcomes.
 
     corevital-otel calibrate --model ./my-model --prompts prompts.txt --out baseline.json
+    corevital-otel calibrate --outcomes outcomes.jsonl --out risk.json      (commands/_outcomes.py)
 
 The generations run through the same instrumentation and plugins as production, so the baseline holds
 the distributions the live metrics are compared against. Configure the file with
@@ -26,6 +27,7 @@ from ..hookspecs import hookimpl
 from ..results import GenerationInfo, StepSeries
 
 EXCLUDED_SERIES = ("risk.running",)  # derived from the baseline itself
+LAYER_SERIES = ("hidden_states.layers.l2_norm",)  # per-layer medians: layer blame's reference
 
 
 class _Collector:
@@ -35,6 +37,7 @@ class _Collector:
 
     def __init__(self) -> None:
         self.values: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.layers: dict[str, list[np.ndarray]] = defaultdict(list)
         self.model_name: str | None = None
         self.model_type = ""
         self.family = ""
@@ -47,10 +50,23 @@ class _Collector:
         self.generations += int(series.mask.shape[1]) if series.mask.ndim == 2 else 0
         self.steps += int(series.mask.sum())
         for name, array in series.arrays.items():
+            if name in LAYER_SERIES and array.ndim == 3:
+                self.layers[name].append(array[series.mask])  # (real steps, layers)
             if array.ndim != 2 or name in EXCLUDED_SERIES:
                 continue
             values = array[series.mask]
             self.values[name].append(values[np.isfinite(values)])
+
+    def layer_medians(self) -> dict[str, list[float]]:
+        """Per per-layer series, each layer's median over every real step (one layer count only)."""
+        medians = {}
+        for name, parts in self.layers.items():
+            if len({part.shape[1] for part in parts}) == 1:
+                with np.errstate(all="ignore"):
+                    values = np.nanmedian(np.concatenate(parts), axis=0)
+                if np.isfinite(values).all():
+                    medians[name] = [float(v) for v in values]
+        return medians
 
     def observed(self) -> dict[str, np.ndarray]:
         merged = {name: np.concatenate(parts) for name, parts in self.values.items()}
@@ -123,6 +139,7 @@ def calibrate(
             "do_sample": do_sample,
         },
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        layer_medians=collector.layer_medians(),
     )
 
 
@@ -131,6 +148,13 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    if arguments.outcomes is not None:
+        from . import _outcomes
+
+        return _outcomes.run(arguments)
+    if arguments.model is None or arguments.prompts is None:
+        print("calibrate: --model and --prompts are needed (or --outcomes)", file=sys.stderr)
+        return 2
     try:
         prompts = read_prompts(arguments.prompts)
     except OSError as error:
@@ -168,11 +192,9 @@ def register(subcommands: Any) -> None:
         help="write a model's baseline profile from a prompt file",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--model", required=True, help="a local from_pretrained directory (model + tokenizer)"
-    )
-    parser.add_argument("--prompts", required=True, type=Path, help="text file, one prompt per line")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the baseline JSON")
+    parser.add_argument("--model", help="a local from_pretrained directory (model + tokenizer)")
+    parser.add_argument("--prompts", type=Path, help="text file, one prompt per line")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the baseline (or risk) JSON")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (32)")
     parser.add_argument(
         "--model-name",
@@ -180,4 +202,10 @@ def register(subcommands: Any) -> None:
     )
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--seed", type=int, default=0, help="torch seed, for --do-sample (0)")
+    parser.add_argument(
+        "--outcomes", type=Path, help="JSONL of labelled generations: fit the risk score to them instead"
+    )
+    parser.add_argument("--spans", type=Path, help="OTLP JSON lines resolving the outcomes' trace ids")
+    parser.add_argument("--failure", default="incorrect", help="the label the risk predicts (incorrect)")
+    parser.add_argument("--baseline", type=Path, help="the baseline the outcomes' features were scaled by")
     parser.set_defaults(run=run)

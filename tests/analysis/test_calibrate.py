@@ -70,6 +70,9 @@ def test_calibrate_writes_a_baseline_the_plugins_then_use(model_dir, tmp_path, i
     assert entropy["count"] == steps and len(entropy["quantiles"]) == 101
     assert "risk.running" not in document["metrics"] and "health.nonfinite" not in document["metrics"]
     assert load(out).get("logits.margin") is not None
+    medians = document["layers"]["hidden_states.layers.l2_norm"]["median"]  # layer blame's reference
+    assert len(medians) == 2 and all(value > 0 for value in medians)
+    assert list(load(out).layer_medians["hidden_states.layers.l2_norm"]) == medians
 
     telemetry = instrumented(plugin_options={"baseline": {"path": str(out)}})
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()

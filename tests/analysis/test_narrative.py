@@ -71,12 +71,18 @@ def test_narrative_never_contradicts_score_or_flags(flags, entropy, nan_at):
     finite = entropy[np.isfinite(entropy)]
     if finite.size:
         peak = float(finite.max())
-        cited = re.search(r"Entropy (?:spiked to|stayed between [\d.]+ and) ([\d.]+) bits", text)
+        cited = re.search(
+            r"Entropy (?:spiked to|stayed between [\d.]+ and|ranged from [\d.]+ to|was) ([\d.]+) bits", text
+        )
         if len(raised) < 2:  # otherwise flag sentences may fill the five
             assert cited, text
         if cited:
             assert float(cited.group(1)) == round(peak, 1), text
-            assert ("spiked" in text) == (peak >= 4.0), text
+            spiked = peak > 4.0 and peak - float(np.median(finite)) >= narrative.SPIKE_BITS
+            assert ("spiked" in text) == spiked, text
+            assert ("high-entropy threshold" in text or spiked) == (peak > 4.0), text
+            if round(peak, 1) == round(float(finite.min()), 1):
+                assert "spiked" not in text and "bits on " in text, text  # flat: no spike
 
 
 def test_the_example_sentence_cites_step_and_value():
@@ -111,8 +117,22 @@ def test_flags_cite_steps_layers_and_interventions():
 
 def test_low_risk_run_says_so_plainly():
     _, text = analysed({}, np.full(8, 1.5), np.full(8, 0.6))
-    assert text.startswith("Risk was low (0.00); no health flag fired")
-    assert "Entropy stayed between 1.5 and 1.5 bits" in text
+    assert text.startswith("Risk was low (0.0")
+    assert "no health flag fired" in text
+    assert "Entropy was 1.5 bits on every step." in text
+
+
+def test_a_flat_high_series_is_not_called_a_spike():
+    _, text = analysed({}, np.full(6, 8.0), np.full(6, 0.0))
+    assert "spiked" not in text
+    assert "Entropy was 8.0 bits on every step, above the 4.0-bit high-entropy threshold." in text
+    _, text = analysed({}, np.array([8.0]), np.array([0.0]))
+    assert "Entropy was 8.0 bits on the only step" in text
+
+
+def test_a_broad_high_series_reports_its_range_and_share():
+    _, text = analysed({}, np.array([4.5, 5.0, 4.8, 5.2, 3.9]), np.full(5, 0.1))
+    assert "Entropy ranged from 3.9 to 5.2 bits (mean 4.7 bits), 4 of 5 steps above the 4.0-bit" in text
 
 
 def test_no_step_still_two_sentences():

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corevital_otel.capture.records import StepBlock, StepCapture
-from corevital_otel.plugins import risk
+from corevital_otel.plugins import _risk_features, _risk_model, risk
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import FAMILY_SCALES, METRICS
 from corevital_otel.plugins.logits import logit_statistics
@@ -27,16 +29,20 @@ TYPICAL = constant(**{m: FAMILY_SCALES["default"][m].typical for m in METRICS})
 WORST = constant(**{m: FAMILY_SCALES["default"][m].bad for m in METRICS})
 
 
-def test_typical_values_score_zero_and_name_no_factor():
+def sigmoid(value: float) -> float:
+    return 1.0 / (1.0 + np.exp(-value))
+
+
+def test_typical_values_score_the_default_intercept_and_name_no_factor():
     result = risk.row_risk(TYPICAL, Flags(), SCALES)
-    assert result.score == 0.0 and result.factors == () and result.level == "low"
+    assert result.score == pytest.approx(sigmoid(_risk_model.DEFAULT_INTERCEPT))
+    assert result.factors == () and result.level == "low"
 
 
-def test_worst_values_without_flags_stay_below_one():
+def test_worst_values_without_flags_are_high_but_below_one():
     result = risk.row_risk(WORST, Flags(), SCALES)
-    assert result.score == pytest.approx(sum(risk.WEIGHTS.values()))
-    assert result.score < 1.0 and result.level == "high"
-    assert result.factors == ("entropy", "margin", "surprisal", "topk_mass")  # by contribution
+    assert 0.7 <= result.score < 1.0 and result.level == "high"
+    assert result.factors[:2] == ("entropy", "margin")  # by push towards risk
 
 
 @pytest.mark.parametrize("flag", ["nan", "inf"])
@@ -45,30 +51,54 @@ def test_nonfinite_forces_one_whatever_the_series(flag):
     assert result.score == 1.0 and result.factors[0] == flag
 
 
-@pytest.mark.parametrize(
-    ("flag", "floor"), [("repetition_loop", 0.7), ("mid_layer_anomaly", 0.5), ("attention_collapse", 0.15)]
+def loop_from(onset: int, steps: int = STEPS, until: int | None = None) -> np.ndarray:
+    repetition = np.zeros(steps)
+    repetition[onset:until] = 1.0
+    return repetition
+
+
+def test_a_loop_is_graded_by_onset_and_coverage_never_floored():
+    flags = Flags(repetition_loop=True)
+    scores = [
+        risk.row_risk(TYPICAL, flags, SCALES, repetition=loop_from(onset)).score for onset in range(STEPS)
+    ]
+    assert all(a > b for a, b in zip(scores, scores[1:], strict=False))  # earlier onset, higher risk
+    assert scores[0] >= 0.7 and scores[-1] < 0.1  # whole row vs only its last step
+    broken_off = risk.row_risk(TYPICAL, flags, SCALES, repetition=loop_from(0, until=STEPS // 2)).score
+    assert scores[STEPS // 2] < broken_off < scores[0]  # same onset, half the coverage
+    assert risk.row_risk(TYPICAL, flags, SCALES).score < scores[0]  # flag without its series: onset unknown
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {m: st.lists(st.floats(-1e6, 1e6) | st.just(np.nan), min_size=0, max_size=30) for m in METRICS}
+    ),
+    flags=st.fixed_dictionaries(
+        {name: st.booleans() for name in ("repetition_loop", "mid_layer_anomaly", "attention_collapse")}
+    ),
+    onset=st.integers(0, 40),
 )
-def test_flags_set_floors_that_continuous_components_add_to(flag, floor):
-    assert risk.row_risk(TYPICAL, Flags(**{flag: True}), SCALES).score == pytest.approx(floor)
-    half = constant(entropy=3.5)  # halfway between typical 2.0 and bad 5.0
-    expected = floor + 0.5 * risk.WEIGHTS["entropy"]
-    assert risk.row_risk(half, Flags(**{flag: True}), SCALES).score == pytest.approx(expected)
+def test_only_nan_or_inf_reaches_one(values, flags, onset):
+    arrays = {metric: np.asarray(v, dtype=np.float64) for metric, v in values.items()}
+    result = risk.row_risk(arrays, Flags(**flags), SCALES, repetition=loop_from(min(onset, 30), 30))
+    assert 0.0 < result.score <= _risk_model.MAX_GRADED < 1.0
 
 
-def test_highest_floor_wins_and_the_sum_is_capped():
-    flags = Flags(repetition_loop=True, mid_layer_anomaly=True, attention_collapse=True)
-    result = risk.row_risk(WORST, flags, SCALES)
-    assert result.score == 1.0
-    assert result.factors[:3] == ("repetition_loop", "mid_layer_anomaly", "attention_collapse")
+def test_mid_layer_anomaly_and_collapse_raise_the_score():
+    base = risk.row_risk(TYPICAL, Flags(), SCALES).score
+    collapse = risk.row_risk(TYPICAL, Flags(attention_collapse=True), SCALES).score
+    mid = risk.row_risk(TYPICAL, Flags(mid_layer_anomaly=True), SCALES).score
+    assert base < collapse < mid and risk.risk_level(mid) == "medium"
 
 
-def test_rising_entropy_adds_the_trend_component():
-    rising = {"entropy": np.linspace(2.0, 5.0, STEPS)}  # rises by the whole typical-to-bad span
-    contributions = risk.components(rising, SCALES)
-    assert contributions["entropy_trend"] == pytest.approx(risk.TREND_WEIGHT)
-    assert contributions["entropy"] == pytest.approx(risk.WEIGHTS["entropy"] * 0.5)
-    falling = risk.components({"entropy": np.linspace(5.0, 2.0, STEPS)}, SCALES)
-    assert falling["entropy_trend"] == 0.0
+def test_rising_entropy_adds_the_trend_feature():
+    rising = risk.row_risk({"entropy": np.linspace(2.0, 5.0, STEPS)}, Flags(), SCALES)
+    index = _risk_features.NAMES.index("entropy_trend")
+    assert rising.features[index] == pytest.approx(1.0)
+    assert rising.features[0] == pytest.approx(0.5)  # mean scaled entropy
+    falling = risk.row_risk({"entropy": np.linspace(5.0, 2.0, STEPS)}, Flags(), SCALES)
+    assert falling.features[index] == pytest.approx(-1.0) and falling.score < rising.score
 
 
 @pytest.mark.parametrize(
@@ -82,18 +112,20 @@ def test_rising_entropy_adds_the_trend_component():
 )
 def test_degenerate_series_never_raise(values):
     result = risk.row_risk(values, Flags(), SCALES)
-    assert 0.0 <= result.score <= 1.0
-    assert "entropy_trend" not in result.contributions
+    assert 0.0 < result.score < 1.0 and np.isfinite(result.features).all()
+    assert result.features[_risk_features.NAMES.index("entropy_trend")] == 0.0
 
 
 def test_nan_steps_are_skipped_not_propagated():
     values = {"entropy": np.array([5.0, np.nan, 5.0, np.inf])}
-    assert risk.row_risk(values, Flags(), SCALES).score == pytest.approx(risk.WEIGHTS["entropy"])
+    assert risk.row_risk(values, Flags(), SCALES).features[0] == pytest.approx(1.0)
 
 
 def test_very_long_series():
     values = {m: np.tile(v, 5000) for m, v in WORST.items()}
-    assert risk.row_risk(values, Flags(), SCALES).score == pytest.approx(sum(risk.WEIGHTS.values()))
+    assert risk.row_risk(values, Flags(), SCALES).score == pytest.approx(
+        risk.row_risk(WORST, Flags(), SCALES).score
+    )
 
 
 @pytest.mark.parametrize(("score", "level"), [(0.0, "low"), (0.2999, "low"), (0.3, "medium"), (0.7, "high")])
@@ -176,9 +208,10 @@ def test_running_risk_can_be_switched_off():
     assert _running(info, _Step(torch.zeros(1, 5))) is None
 
 
-def test_assess_publishes_scores_levels_factors_and_metrics():
+def test_assess_publishes_scores_levels_factors_features_and_metrics():
     entropy = np.stack([np.full(STEPS, 2.0), np.full(STEPS, 5.0)], axis=1)
-    series = make_series(logits__entropy=entropy)
+    repetition = np.stack([np.zeros(STEPS), np.ones(STEPS)], axis=1)
+    series = make_series(logits__entropy=entropy, health__repetition=repetition)
     results = results_with(
         corevital__health__per_row__repetition_loop_detected=np.array([False, True]),
         corevital__health__per_row__nan_detected=np.array([False, False]),
@@ -186,13 +219,19 @@ def test_assess_publishes_scores_levels_factors_and_metrics():
     info = make_info(rows=2, capture_mode="on_risk")
     risk.corevital_assess(info, series, results)
     scores = results.get("corevital.risk.score")
-    assert scores[0] == 0.0 and scores[1] == pytest.approx(0.7 + risk.WEIGHTS["entropy"])
+    weights = _risk_model.DEFAULT_WEIGHTS
+    loop_row = _risk_model.DEFAULT_INTERCEPT + weights["entropy"] + weights["first_entropy"] + weights["loop"]
+    assert scores[0] == pytest.approx(sigmoid(_risk_model.DEFAULT_INTERCEPT))
+    assert scores[1] == pytest.approx(sigmoid(loop_row))
     assert results.get("corevital.risk.level") == ["low", "high"]
-    assert results.get("corevital.risk.factors") == ["", "repetition_loop,entropy"]
+    assert results.get("corevital.risk.factors") == ["", "repetition_loop,entropy,first_entropy"]
+    assert results.get("corevital.risk.calibration") == "family:default"
+    features = np.array(results.get(risk.FEATURES_ATTRIBUTE)).reshape(2, len(_risk_features.NAMES))
+    assert features[1, _risk_features.NAMES.index("loop")] == 1.0 and not features[0].any()
     assert results.escalations == ["risk", "serious_flag"]
     recorded = [(m.name, m.value, m.attributes) for m in results.metrics]
     assert recorded == [
-        ("corevital.risk.score", 0.0, {}),
+        ("corevital.risk.score", scores[0], {}),
         ("corevital.generations", 1.0, {"corevital.risk.level": "low"}),
         ("corevital.risk.score", scores[1], {}),
         ("corevital.generations", 1.0, {"corevital.risk.level": "high"}),

@@ -98,3 +98,44 @@ def test_prompts_come_from_held_out_files_and_end_with_half_a_line(validate) -> 
         source_line = by_name[prompt.file].read_text().split("\n")[prompt.line - 1]
         assert source_line == prompt.text.split("\n")[-1] + prompt.target
         assert len(tokenizer(prompt.text)["input_ids"]) <= validate.MAX_PROMPT_TOKENS
+
+
+SPREAD_PROMPTS = 30
+SPREAD_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def demo_records(validate):
+    """Greedy and sampled generations of the demo model on its first held-out validation prompts, measured
+    as scripts/validate_detectors.py measures them (kept small: the whole fixture runs in seconds)."""
+    stats = json.loads((DEMO_MODEL_DIR / "training_stats.json").read_text())
+    files, warnings = validate.heldout_files(stats)
+    if warnings:
+        pytest.skip(f"this machine's stdlib differs from the training run: {warnings}")
+    import torch
+
+    from corevital_otel.demo_model import DEMO_MODEL_NAME
+    from corevital_otel.report import load_local_model
+
+    model, tokenizer = load_local_model(DEMO_MODEL_DIR, display_name=DEMO_MODEL_NAME)
+    prompts = validate.build_prompts(files, tokenizer, SPREAD_PROMPTS, seed=0)
+    greedy = validate.run(model, tokenizer, prompts, SPREAD_TOKENS)
+    torch.manual_seed(0)
+    sampled = validate.run(model, tokenizer, prompts, SPREAD_TOKENS, sample=True)
+    return {"greedy": greedy, "sampled": sampled}
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "sampled"])
+def test_risk_is_graded_on_the_validation_prompts(validate, demo_records, decoding) -> None:
+    records = demo_records[decoding]
+    spread = validate.spread(records, seed=0)
+    assert spread["n"] == SPREAD_PROMPTS
+    assert spread["ones"] == 0  # nothing broke numerically: nothing may reach 1.0
+    assert spread["largest_tie_share"] <= 0.05, sorted(r.risk for r in records)
+
+
+def test_risk_ranks_looping_outputs_above_the_rest(validate, demo_records) -> None:
+    spread = validate.spread(demo_records["greedy"], seed=0)
+    assert 5 <= spread["loops"] <= SPREAD_PROMPTS - 5  # both kinds present, or the check says nothing
+    assert spread["mean_loop"] > spread["mean_healthy"]
+    assert spread["loop_auroc"] >= 0.7
