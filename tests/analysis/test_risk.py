@@ -267,7 +267,7 @@ def test_a_misspelt_option_is_refused_at_instrument_time(instrumented):
 
     expected = (
         r"^plugin 'risk': plugin_options\['risk'\]: unknown option\(s\) escalate_treshold; "
-        r"allowed: escalate_threshold, scales, running$"
+        r"allowed: escalate_threshold, scales, running, calibration$"
     )
     with pytest.raises(corevital_otel.ConfigError, match=expected):
         instrumented(plugin_options={"risk": {"escalate_treshold": 0.5}})
