@@ -47,6 +47,8 @@ class Options:
     intervention_risk_threshold: float = 0.9
     # False, True (a Langfuse client from the LANGFUSE_* variables) or a Langfuse client object.
     langfuse_scores: Any = False
+    # The name on spans and metric labels: a string, or a function of the model (see model_names.py).
+    model_name: Any = None
 
 
 def _parse_bool(variable: str, raw: str) -> bool:
@@ -109,6 +111,10 @@ def _parse_content_mode(variable: str, raw: str) -> str:
     return mode
 
 
+def _parse_model_name(variable: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
 def _parse_fraction(variable: str, raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -134,6 +140,7 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "intervene": ("COREVITAL_INTERVENE", _parse_policies),
     "intervention_risk_threshold": ("COREVITAL_INTERVENTION_RISK_THRESHOLD", _parse_fraction),
     "langfuse_scores": ("COREVITAL_LANGFUSE_SCORES", _parse_bool),
+    "model_name": ("COREVITAL_MODEL_NAME", _parse_model_name),
 }
 
 _OPTION_NAMES = {f.name for f in fields(Options)}
@@ -192,6 +199,8 @@ def _validate_keyword(name: str, value: Any) -> Any:
         raise ConfigError(f"plugin_options={value!r}: expected a mapping of plugin name to options")
     if name == "on_step" and value is not None and not callable(value):
         raise ConfigError(f"on_step={value!r}: expected a callable or None")
+    if name == "model_name" and not (value is None or callable(value)):
+        raise ConfigError(f"model_name={value!r}: expected a string, a function of the model, or None")
     if name == "langfuse_scores" and not (
         isinstance(value, bool) or callable(getattr(value, "create_score", None))
     ):

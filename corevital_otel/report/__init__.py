@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .generations import ExportSetupError, ModelLoadError, Observation, Telemetry, load_local_model, observe
+from .generations import ModelLoadError, Observation, Telemetry, load_local_model, observe
 from .layout import render_report
+from .otlp import ExportSetupError
 from .terminal import Progress, Style, sparkline
 
 __all__ = [
