@@ -46,7 +46,9 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None, **option
     Options (each also readable from a ``COREVITAL_*`` variable, see docs/configuration.md):
     ``capture_mode``, ``capture_logits``, ``capture_hidden_states``, ``capture_attention``,
     ``max_step_events``, ``block_steps``, ``plugins``, ``disabled_plugins``, ``load_entry_point_plugins``,
-    ``plugin_options``, ``on_step``. Raises :class:`ConfigError` on an invalid value.
+    ``plugin_options``, ``on_step``, ``model_name`` (a string, or a function of the model, naming it on
+    spans and metric labels instead of its shortened ``name_or_path``). Raises :class:`ConfigError` on an
+    invalid value.
     Returns the instrumentor. Calling it again while instrumented does nothing.
     """
     from .config import resolve_options

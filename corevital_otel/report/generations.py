@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from .otlp import ExportSetupError, SignalExport, metric_export, span_export
+from .otlp import ExportSetupError, SignalExport, signal_export
 
 GENERATION_SPAN_PREFIX = "text_completion"
 
@@ -104,8 +104,8 @@ class Telemetry:
         tracer_provider = TracerProvider(resource=resource)
         # Simple (synchronous) processor: the span is readable the moment generate() returns.
         tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-        traces = span_export(timeout_s) if otlp is not False else None
-        metrics = metric_export(timeout_s) if otlp is not False else None
+        traces = signal_export("TRACES", timeout_s) if otlp is not False else None
+        metrics = signal_export("METRICS", timeout_s) if otlp is not False else None
         if otlp and traces is None and metrics is None:
             raise ExportSetupError("OTLP export was asked for but no OTEL_EXPORTER_OTLP_*ENDPOINT is set")
         readers: list[MetricReader] = []

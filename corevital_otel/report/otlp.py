@@ -9,6 +9,7 @@ and a command must not claim that data arrived when it did not.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,56 +120,47 @@ class SignalExport:
         return f"{self.endpoint} ({self.protocol})"
 
 
-def _missing_exporter(error: ImportError) -> ExportSetupError:
-    return ExportSetupError(
-        f"an OTLP endpoint is set but the OTLP exporter is not installed ({error.name}); "
-        'install it with: pip install "corevital-otel[otlp]"'
-    )
+# (signal, protocol) -> the exporter class, by module and name (imported only when used)
+_EXPORTERS = {
+    ("TRACES", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("TRACES", "http/protobuf"): (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "OTLPSpanExporter",
+    ),
+    ("METRICS", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
+    ("METRICS", "http/protobuf"): (
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+        "OTLPMetricExporter",
+    ),
+}
+_COUNTING = {"TRACES": CountingSpanExporter, "METRICS": CountingMetricExporter}
 
 
-def span_export(timeout_s: float) -> SignalExport | None:
-    """A counting OTLP span exporter for the configured traces endpoint, or None when none is set.
+def signal_export(signal: str, timeout_s: float) -> SignalExport | None:
+    """A counting OTLP exporter for ``signal`` (``TRACES`` or ``METRICS``) at its configured endpoint, or
+    None when no endpoint is set for it (or ``OTEL_<signal>_EXPORTER=none``).
 
     Each request (retries included) is bounded by ``timeout_s`` unless ``OTEL_EXPORTER_OTLP_TIMEOUT``
     says otherwise, so an unreachable endpoint costs seconds, not the SDK default's retries.
+    Raises :class:`ExportSetupError` for an unsupported protocol or a missing exporter package.
     """
-    endpoint = otlp_endpoint("TRACES")
-    if endpoint is None or _switched_off("TRACES"):
+    endpoint = otlp_endpoint(signal)
+    if endpoint is None or _switched_off(signal):
         return None
-    protocol = otlp_protocol("TRACES")
+    protocol = otlp_protocol(signal)
+    module, name = _EXPORTERS[(signal, protocol)]
     try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        exporter_class = getattr(importlib.import_module(module), name)
     except ImportError as error:
-        raise _missing_exporter(error) from error
-    exporter = OTLPSpanExporter(timeout=_timeout(timeout_s))
-    return SignalExport(endpoint, protocol, CountingSpanExporter(exporter))
-
-
-def metric_export(timeout_s: float) -> SignalExport | None:
-    """A counting OTLP metric exporter for the configured metrics endpoint, or None when none is set."""
-    endpoint = otlp_endpoint("METRICS")
-    if endpoint is None or _switched_off("METRICS"):
-        return None
-    protocol = otlp_protocol("METRICS")
-    try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    except ImportError as error:
-        raise _missing_exporter(error) from error
-    exporter = OTLPMetricExporter(timeout=_timeout(timeout_s))
-    return SignalExport(endpoint, protocol, CountingMetricExporter(exporter))
+        raise ExportSetupError(
+            f"an OTLP endpoint is set but the OTLP exporter is not installed ({error.name}); "
+            'install it with: pip install "corevital-otel[otlp]"'
+        ) from error
+    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else timeout_s
+    return SignalExport(endpoint, protocol, _COUNTING[signal](exporter_class(timeout=timeout)))
 
 
 def _switched_off(signal: str) -> bool:
     """``OTEL_TRACES_EXPORTER=none`` / ``OTEL_METRICS_EXPORTER=none``, as opentelemetry-instrument reads
     them."""
     return os.environ.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() == "none"
-
-
-def _timeout(timeout_s: float) -> float | None:
-    return None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else timeout_s

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from corevital_otel.cli import main
 from corevital_otel.demo_model import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 from . import browser, span_fields
 from .phoenix_backend import Phoenix, phoenix_problem, running_phoenix
+from .repo import STACK_DOC
 
 DEMO_GENERATIONS = 4
 MAX_NEW_TOKENS = 48
@@ -32,18 +35,26 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
         yield running
 
 
+def documented_command() -> str:
+    """docs/observability-stack.md's command that sends the demo's spans to Phoenix."""
+    section = STACK_DOC.read_text(encoding="utf-8").split("## Arize Phoenix", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S)
+    assert block, "no bash block in the Phoenix section"
+    [line] = [line for line in block.group(1).splitlines() if line.strip()]
+    return line
+
+
 @pytest.fixture(scope="module")
 def demo_spans(phoenix: Phoenix) -> list[dict[str, Any]]:
-    """The demo's four generations, sent the way the Langfuse direct recipe sends them: traces only."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith(("OTEL_", "COREVITAL_"))}
-    for name in saved:
-        del os.environ[name]
-    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = phoenix.traces_endpoint
-    try:
-        assert main(["demo", "--no-color", "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
-    finally:
-        del os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        os.environ.update(saved)
+    """The demo's four generations, sent by the documented command (traces only), its port replaced
+    by the one this Phoenix listens on."""
+    command = documented_command().replace("http://127.0.0.1:6006", phoenix.url)
+    assert phoenix.url in command, command
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COREVITAL_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"OTLP traces: {DEMO_GENERATIONS} spans accepted by {phoenix.traces_endpoint}" in done.stdout
     spans = phoenix.wait_for_spans(DEMO_GENERATIONS)
     return sorted(spans, key=lambda span: span["start_time"])  # the demo's order: healthy first
 
