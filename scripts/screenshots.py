@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +58,7 @@ def phoenix_trace(workdir: Path) -> Path:
         log(f"Phoenix at {phoenix.url}; running the demo against it")
         environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         environment["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = phoenix.traces_endpoint
-        with _environment(environment):
+        with _environment(environment), contextlib.redirect_stdout(io.StringIO()):
             if main(["demo", "--no-color"]) != 0:
                 raise RuntimeError("the demo did not export its spans to Phoenix")
         spans = sorted(phoenix.wait_for_spans(4), key=lambda span: span["start_time"])
@@ -84,13 +86,11 @@ def prometheus_without_collector(workdir: Path) -> Iterator[PrometheusApi]:
     Prometheus using prometheus-direct.yml (its port changed to the exporter's free port)."""
     exporter_port, api_port = free_port(), free_port()
     shipped = ROOT / "dashboards" / "prometheus" / "prometheus-direct.yml"
-    rules = shipped.with_name("corevital-alerts.yaml")
+    # The config and the rules side by side in a scratch directory: the UI shows the rule file's path,
+    # which must not be this checkout's.
     config = workdir / "prometheus.yml"
-    config.write_text(
-        shipped.read_text()
-        .replace("127.0.0.1:9464", f"127.0.0.1:{exporter_port}")
-        .replace("- corevital-alerts.yaml", f"- {rules}")
-    )
+    config.write_text(shipped.read_text().replace("127.0.0.1:9464", f"127.0.0.1:{exporter_port}"))
+    shutil.copy(shipped.with_name("corevital-alerts.yaml"), workdir / "corevital-alerts.yaml")
     venv = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COREVITAL_"))}
     env.update(
@@ -160,7 +160,7 @@ def prometheus_images(workdir: Path) -> list[Path]:
             f"{api.url}/classic/alerts", IMAGES / "prometheus-alert-firing.png", 1400, 900
         )
         graph = urllib.parse.urlencode(
-            {"g0.expr": panel.promql, "g0.tab": "0", "g0.range_input": "10m", "g0.stacked": "0"}
+            {"g0.expr": panel.promql, "g0.tab": "0", "g0.range_input": "6m", "g0.stacked": "0"}
         )
         share = browser.screenshot(
             f"{api.url}/classic/graph?{graph}", IMAGES / "prometheus-high-risk-share.png", 1400, 900

@@ -18,12 +18,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
-from ..results import GenerationInfo, StepSeries
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `corevital-otel --help` stays light
+    import numpy as np
+
+    from ..results import GenerationInfo, StepSeries
 
 EXCLUDED_SERIES = ("risk.running",)  # derived from the baseline itself
 
@@ -43,6 +45,8 @@ class _Collector:
 
     @hookimpl
     def corevital_summarize(self, info: GenerationInfo, series: StepSeries) -> None:
+        import numpy as np
+
         self.model_name, self.model_type, self.family = info.model_name, info.model_type, info.family
         self.generations += int(series.mask.shape[1]) if series.mask.ndim == 2 else 0
         self.steps += int(series.mask.sum())
@@ -53,6 +57,8 @@ class _Collector:
             self.values[name].append(values[np.isfinite(values)])
 
     def observed(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
         merged = {name: np.concatenate(parts) for name, parts in self.values.items()}
         # 0/1 indicators (NaN seen, loop under way) have no distribution worth comparing against.
         return {name: values for name, values in merged.items() if not np.isin(values, (0.0, 1.0)).all()}
