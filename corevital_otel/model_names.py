@@ -42,8 +42,9 @@ def short_model_name(name: str) -> str:
         return cached.group("id").replace("--", "/")
     if not name or not _looks_like_path(name):
         return name
-    tail = os.path.basename(os.path.normpath(os.path.expanduser(name.replace("\\", "/"))))
-    return tail if tail not in ("", ".", "..") else name
+    # abspath: "." or "../model" name the directory they stand for, not a dot
+    tail = os.path.basename(os.path.abspath(os.path.expanduser(name.replace("\\", "/"))))
+    return tail or name
 
 
 def default_model_name(model: Any) -> str:

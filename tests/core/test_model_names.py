@@ -35,6 +35,9 @@ def test_a_relative_directory_that_exists_is_named_by_its_last_component(tmp_pat
     (tmp_path / "org" / "name").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert short_model_name("org/name") == "name"  # transformers loads the directory, not the hub id
+    monkeypatch.chdir(tmp_path / "org" / "name")
+    assert short_model_name(".") == short_model_name("./") == "name"
+    assert short_model_name("../name") == "name"
 
 
 def _saved_model(tmp_path) -> torch.nn.Module:
