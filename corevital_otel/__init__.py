@@ -12,7 +12,7 @@ from .caller_context import context
 from .config import ConfigError, Options
 from .content import register_tokenizer
 from .hookspecs import hookimpl, hookspec
-from .results import GenerationInfo, GenerationResults, StepSeries
+from .results import GenerationInfo, GenerationResults, StepSeries, row_values
 from .telemetry_types import MetricSpec
 from .version import __version__
 
@@ -36,6 +36,7 @@ __all__ = [
     "instrument",
     "is_instrumented",
     "register_tokenizer",
+    "row_values",
     "uninstrument",
 ]
 

@@ -30,6 +30,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
 
 from .caller_context import context
+from .results import row_values
 from .telemetry import DURATION_BUCKETS
 from .version import __version__
 
@@ -130,10 +131,9 @@ class ProbeResult:
 
 
 def _first(value: Any) -> Any:
-    """Row 0 of a per-row attribute as plugins wrote it (a list, tuple or numpy array); None if absent."""
-    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not len(value):
-        return None
-    return value[0]
+    """Row 0 of a per-row attribute (see ``row_values``); None if absent."""
+    rows = row_values(value)
+    return rows[0] if rows else None
 
 
 def _finite(value: Any) -> float | None:

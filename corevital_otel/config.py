@@ -27,13 +27,15 @@ class ConfigError(ValueError):
 class Options:
     """Resolved instrumentation options (see docs/configuration.md for each variable)."""
 
-    capture_mode: str = "full"
+    capture_mode: str = "on_risk"
     capture_logits: bool = True
     capture_hidden_states: bool = True
     capture_attention: bool = True
     capture_prompt: bool = True
     prompt_max_tokens: int = 1024
     max_step_events: int = 32
+    # KiB of attributes and events a span may carry per generated row (0: no byte budget).
+    max_span_kib: int = 60
     # Steps the capture stashes before plugins compute their step series in one pass (fewer when the
     # buffers would pass their memory budget; 1 whenever something reads step values live).
     block_steps: int = 32
@@ -133,6 +135,7 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "capture_prompt": ("COREVITAL_CAPTURE_PROMPT", _parse_bool),
     "prompt_max_tokens": ("COREVITAL_PROMPT_MAX_TOKENS", _parse_non_negative_int),
     "max_step_events": ("COREVITAL_MAX_STEP_EVENTS", _parse_non_negative_int),
+    "max_span_kib": ("COREVITAL_MAX_SPAN_KIB", _parse_non_negative_int),
     "block_steps": ("COREVITAL_BLOCK_STEPS", _parse_block_steps),
     "load_entry_point_plugins": ("COREVITAL_LOAD_PLUGINS", _parse_bool),
     "disabled_plugins": ("COREVITAL_DISABLED_PLUGINS", _parse_name_list),
@@ -151,7 +154,7 @@ _BOOL_OPTIONS = {
     "capture_prompt",
     "load_entry_point_plugins",
 }
-_COUNT_OPTIONS = {"max_step_events", "prompt_max_tokens"}
+_COUNT_OPTIONS = {"max_step_events", "prompt_max_tokens", "max_span_kib"}
 
 
 def _string_items(name: str, value: Any, what: str) -> tuple[str, ...]:

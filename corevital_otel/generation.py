@@ -20,18 +20,17 @@ from opentelemetry.trace import (
     INVALID_SPAN,
     Span,
     SpanKind,
-    Status,
-    StatusCode,
     format_span_id,
     format_trace_id,
 )
 
-from . import content, emitter
+from . import content, export
 from .caller_context import current_context_attributes
 from .capture.active import ACTIVE_CAPTURE
 from .capture.layers import locate_layout
 from .capture.session import CaptureSession, CaptureSwitches
 from .config import Options
+from .export.span import FinishedGeneration, error_type
 from .families import model_family
 from .intervention import InterventionRecord, make_stopping_criterion, policies_for
 from .plugin_host import PluginFailure, PluginHost
@@ -95,20 +94,6 @@ def run_instrumented(runtime: Runtime, original: Any, model: Any, args: tuple, k
             ACTIVE_CAPTURE.reset(token)
         call.finish(output, error)
     return output
-
-
-def _error_type(error: BaseException) -> str:
-    return f"{type(error).__module__}.{type(error).__qualname__}"
-
-
-def decode_timing(series: StepSeries) -> tuple[float | None, float | None]:
-    """Seconds to the first token's logits, and mean seconds per token after it (None when unknown)."""
-    if not series.steps:
-        return None, None
-    first = float(series.step_seconds[0])
-    if series.steps < 2:
-        return first, None
-    return first, float(series.step_seconds[-1] - series.step_seconds[0]) / (series.steps - 1)
 
 
 class GenerationCall:
@@ -188,9 +173,9 @@ class GenerationCall:
         request = self.request
         try:
             self.span = self.runtime.telemetry.tracer.start_span(
-                f"text_completion {request.model_name}",
+                export.span_name(request),
                 kind=SpanKind.INTERNAL,
-                attributes={**request.span_attributes(), **self.info.caller},
+                attributes={**export.request_attributes(request), **self.info.caller},
             )
         except Exception:  # noqa: BLE001
             logger.warning("corevital could not start a span for this generate() call", exc_info=True)
@@ -273,7 +258,7 @@ class GenerationCall:
         steps = self.session.steps_seen
         series = self._host_series(steps, generated if rows_match else None, completion.output_tokens)
         self.info.finish_reasons = tuple(completion.finish_reasons)
-        self.info.error_type = None if error is None else _error_type(error)
+        self.info.error_type = None if error is None else error_type(error)
         self.info.cache = self.session.cache
         try:
             for phase in _ANALYSIS_PHASES:
@@ -283,48 +268,52 @@ class GenerationCall:
                     pass
         finally:
             self.info.cache = self.session.cache = None  # plugins read its facts; its memory is not ours
-        attributes = self._core_attributes(completion, series, error)
-        attributes.update(emitter.without_detail(results.attributes, keep=self._full_detail(results)))
-        attributes.update(self._content_attributes(completion, generated))
-        dropped_events = emitter.emit_plugin_events(self.span, results)
-        if dropped_events:
-            results.note_lost(f"{dropped_events} plugin span event(s): span event limit")
-        if self._full_detail(results):
-            attributes.update(emitter.series_attributes(series))
-            token_text = None
-            if self.tokenizer is not None and content.in_events(self.runtime.options.capture_content):
-                token_text = partial(content.token_texts, self.tokenizer)
-            attributes.update(
-                emitter.emit_step_events(
-                    self.span, series, results, self.runtime.options.max_step_events, token_text
-                )
+        options = self.runtime.options
+        done = FinishedGeneration(
+            request,
+            completion,
+            series,
+            results,
+            rows=self.info.rows,
+            error=error,
+            capture_mode=options.capture_mode,
+            max_step_events=options.max_step_events,
+            bytes_per_row=options.max_span_kib * 1024 or None,
+            content=self._content_attributes(completion, generated),
+            lost=self._lost(steps),
+        )
+        if self.tokenizer is not None and content.in_events(options.capture_content):
+            done.token_text = partial(content.token_texts, self.tokenizer)
+        export.write_span(self.span, done)
+        with trace.use_span(self.span, end_on_exit=False):  # metric exemplars link to this span
+            export.record_metrics(
+                self.runtime.telemetry,
+                request.model_name,
+                completion,
+                series,
+                results,
+                duration,
+                error,
+                self.failures,
+                self.session.failures,
+                stops,
             )
+
+    def _lost(self, steps: int) -> list[str]:
+        """What this call could not capture: hooks that never ran, capture and plugin failures."""
         session = self.session
+        lost = list(self.lost)
         if session.switches.attention and steps and not session.attention_steps and not session.failures:
             # Models with their own attention code (e.g. Bloom, Falcon) never call transformers' registry;
             # a compiled forward looked the attention function up once, while it was traced.
-            self.lost.append(
+            lost.append(
                 "attention: no attention call went through transformers' AttentionInterface"
                 " (the model's own attention code, or a compiled forward)"
             )
         if session.switches.hidden_states and steps and not session.hidden_steps and not session.failures:
-            self.lost.append("hidden_states: no decoder-layer hook ran (a compiled forward runs none)")
-        lost = self.lost + [f"{kind}: {why}" for kind, why in session.failures.items()] + results.lost
-        lost += [f"plugin {f.plugin} failed in {f.phase}: {f.error_type}" for f in self.failures]
-        if lost:
-            attributes["corevital.capture.lost"] = tuple(dict.fromkeys(lost))
-        self.span.set_attributes(emitter.fit_attributes(self.span, attributes))
-        if error is not None:
-            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
-            self.span.record_exception(error)
-        with trace.use_span(self.span, end_on_exit=False):  # metric exemplars link to this span
-            self._record_metrics(completion, series, results, duration, error)
-            for policy in stops:
-                self.runtime.telemetry.record(
-                    "corevital.interventions",
-                    1,
-                    {**self._metric_base(), "corevital.intervention.reason": policy},
-                )
+            lost.append("hidden_states: no decoder-layer hook ran (a compiled forward runs none)")
+        lost += [f"{kind}: {why}" for kind, why in session.failures.items()]
+        return lost + [f"plugin {f.plugin} failed in {f.phase}: {f.error_type}" for f in self.failures]
 
     def _content_attributes(self, completion: Any, generated: torch.Tensor | None) -> dict[str, Any]:
         """Prompt/completion text when OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT asks for it."""
@@ -336,11 +325,11 @@ class GenerationCall:
             return {}
         messages: dict[str, Any] = {}
         if self.request.input_ids is not None:
-            messages["gen_ai.input.messages"] = content.input_messages(
+            messages[export.names.INPUT_MESSAGES] = content.input_messages(
                 self.tokenizer, self.request.input_ids, self.request.attention_mask
             )
         if generated is not None:
-            messages["gen_ai.output.messages"] = content.output_messages(
+            messages[export.names.OUTPUT_MESSAGES] = content.output_messages(
                 self.tokenizer, generated, completion.output_tokens, completion.finish_reasons
             )
         if content.in_events(mode) and messages:
@@ -358,16 +347,12 @@ class GenerationCall:
                 # The row kept the tokens of steps 0..stop_step; what follows is padding.
                 completion.output_tokens[row] = min(completion.output_tokens[row], stop[0] + 1)
         results.set("corevital.intervention.stopped", any(stop is not None for stop in stops))
-        results.set("corevital.intervention.reasons", [stop[1] if stop else "" for stop in stops])
-        results.set("corevital.intervention.steps", [stop[0] if stop else -1 for stop in stops])
+        results.set_rows("corevital.intervention.reasons", [stop[1] if stop else "" for stop in stops])
+        results.set_rows("corevital.intervention.steps", [stop[0] if stop else -1 for stop in stops])
         for stop in stops:
             if stop is not None:
                 results.flag_step(stop[0], f"intervention:{stop[1]}")
         return [stop[1] for stop in stops if stop is not None]
-
-    def _full_detail(self, results: GenerationResults) -> bool:
-        mode = self.runtime.options.capture_mode
-        return mode == "full" or (mode == "on_risk" and bool(results.get("corevital.capture.escalated")))
 
     def _host_series(
         self, steps: int, generated: torch.Tensor | None, output_tokens: list[int]
@@ -383,70 +368,3 @@ class GenerationCall:
                 mask[length:, row] = False
         seconds = np.asarray(self.session.step_seconds[:steps], dtype=np.float64)
         return self.series.to_host(steps, mask, tokens, seconds)
-
-    def _core_attributes(
-        self, completion: Any, series: StepSeries, error: BaseException | None
-    ) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "gen_ai.usage.input_tokens": completion.input_tokens,
-            "corevital.steps.count": series.steps,
-            "corevital.sequences.count": self.info.rows,
-        }
-        if error is None:
-            attributes["gen_ai.usage.output_tokens"] = completion.total_output_tokens
-            attributes["gen_ai.response.finish_reasons"] = tuple(completion.finish_reasons)
-            attributes["gen_ai.response.model"] = self.request.model_name
-        else:
-            attributes["error.type"] = _error_type(error)
-        first_token, per_token = decode_timing(series)
-        if first_token is not None:
-            attributes["corevital.time_to_first_token"] = first_token
-        if per_token is not None:
-            attributes["corevital.time_per_output_token"] = per_token
-        return attributes
-
-    def _metric_base(self) -> dict[str, Any]:
-        """The low-cardinality attributes every metric point carries."""
-        return {
-            "gen_ai.operation.name": "text_completion",
-            "gen_ai.provider.name": "huggingface",
-            "gen_ai.request.model": self.request.model_name,
-        }
-
-    def _record_metrics(
-        self, completion: Any, series: StepSeries, results: GenerationResults, duration: float, error: Any
-    ) -> None:
-        telemetry = self.runtime.telemetry
-        base = self._metric_base()
-        outcome = dict(base)
-        if error is not None:
-            outcome["error.type"] = _error_type(error)
-        telemetry.record("gen_ai.client.operation.duration", duration, outcome)
-        telemetry.record(
-            "gen_ai.client.token.usage", completion.input_tokens, {**base, "gen_ai.token.type": "input"}
-        )
-        if error is None:
-            output_tokens = completion.total_output_tokens
-            telemetry.record(
-                "gen_ai.client.token.usage", output_tokens, {**base, "gen_ai.token.type": "output"}
-            )
-        first_token, per_token = decode_timing(series)
-        if first_token is not None:
-            telemetry.record("gen_ai.server.time_to_first_token", first_token, base)
-        if per_token is not None:
-            telemetry.record("gen_ai.server.time_per_output_token", per_token, base)
-        for recording in results.metrics:
-            if recording.name not in telemetry.specs:
-                error_name = f"undeclared metric {recording.name!r}"
-                self.failures.append(PluginFailure("unknown", "record_metric", "KeyError", error_name))
-                continue
-            telemetry.record(recording.name, recording.value, {**base, **recording.attributes})
-        for failure in self.failures:
-            attributes = {
-                **base,
-                "corevital.plugin.name": failure.plugin,
-                "corevital.plugin.phase": failure.phase,
-            }
-            telemetry.record("corevital.plugin.errors", 1, attributes)
-        for kind in self.session.failures:
-            telemetry.record("corevital.capture.errors", 1, {**base, "corevital.capture.kind": kind})

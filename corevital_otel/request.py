@@ -10,14 +10,6 @@ import torch
 from . import speculative
 from .model_names import ModelNameOption, model_name
 
-# generate() keyword -> GenAI request attribute
-_REQUEST_ATTRIBUTES = {
-    "max_new_tokens": "gen_ai.request.max_tokens",
-    "temperature": "gen_ai.request.temperature",
-    "top_p": "gen_ai.request.top_p",
-    "top_k": "gen_ai.request.top_k",
-}
-
 
 @dataclass
 class GenerationRequest:
@@ -45,30 +37,6 @@ class GenerationRequest:
     @property
     def batch_size(self) -> int:
         return self.prompt_shape[0] if self.prompt_shape is not None else 1
-
-    def span_attributes(self) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "text_completion",
-            "gen_ai.provider.name": "huggingface",
-            "gen_ai.request.model": self.model_name,
-            "gen_ai.request.choice.count": self.num_return_sequences,
-            "corevital.request.num_beams": self.num_beams,
-            "corevital.request.do_sample": self.do_sample,
-        }
-        if self.max_new_tokens is not None:
-            attributes["gen_ai.request.max_tokens"] = self.max_new_tokens
-        if self.speculative_decoding is not None:
-            attributes[speculative.ATTRIBUTE] = self.speculative_decoding
-        # Sampling parameters only mean something when the call samples.
-        if self.do_sample:
-            for name, value in (
-                ("temperature", self.temperature),
-                ("top_p", self.top_p),
-                ("top_k", self.top_k),
-            ):
-                if value is not None:
-                    attributes[_REQUEST_ATTRIBUTES[name]] = value
-        return attributes
 
 
 def _eos_ids(value: Any) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,25 @@ class MetricRecording:
     attributes: dict[str, AttributeValue]
 
 
+SEVERITY_LEVELS = ("WARNING", "ERROR")  # least to most severe
+
+
+def row_values(value: Any) -> list[Any]:
+    """A per-row attribute as a list of its rows' values, whether it was read from a span (a plain value
+    at one row, a tuple otherwise) or from ``GenerationResults`` (a list or array); [] when absent."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return [value]
+    return list(value)
+
+
+@dataclass(frozen=True)
+class Severity:
+    level: str
+    message: str
+
+
 @dataclass
 class GenerationResults:
     """Everything plugins produced for one generation; the core turns it into telemetry.
@@ -101,9 +120,51 @@ class GenerationResults:
     metrics: list[MetricRecording] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     events: list[tuple[str, dict[str, AttributeValue]]] = field(default_factory=list)
+    # How each attribute is exported (see set()): names of per-row values, of detail values, and of values
+    # kept in the default span although named like detail.
+    per_row: set[str] = field(default_factory=set)
+    rows_only: set[str] = field(default_factory=set)
+    detail: dict[str, bool] = field(default_factory=dict)
+    important: set[str] = field(default_factory=set)
+    # Why a plugin asked for full detail (capture mode ``on_risk``), and the most severe level it reported.
+    escalations: list[str] = field(default_factory=list)
+    severity: Severity | None = None
 
-    def set(self, name: str, value: AttributeValue) -> None:
+    def set(
+        self, name: str, value: AttributeValue, *, detail: bool | None = None, important: bool = False
+    ) -> None:
+        """Set span attribute ``name``. ``detail=True`` exports it only with full detail (capture mode
+        ``full``, or ``on_risk`` once escalated); ``False`` in every mode; ``None`` by its name: the
+        ``corevital.layers.*`` and ``corevital.prompt.positions.*`` families are detail. ``important``
+        values (flags, risk) are the last plugin values left out when a span is over its budget."""
         self.attributes[name] = value
+        self.per_row.discard(name)
+        self.rows_only.discard(name)
+        if detail is None:
+            self.detail.pop(name, None)
+        else:
+            self.detail[name] = detail
+        if important:
+            self.important.add(name)
+        else:
+            self.important.discard(name)
+
+    def set_rows(
+        self,
+        name: str,
+        values: Sequence[Any] | np.ndarray,
+        *,
+        detail: bool | None = None,
+        important: bool = False,
+        rows_only: bool = False,
+    ) -> None:
+        """Set a per-row value (one entry per ``info.rows``): exported as a plain value when the generation
+        has one row, as an array indexed by row otherwise. ``rows_only``: not exported at all with one row
+        (a generation-level attribute already says the same); other plugins still read it."""
+        self.set(name, values, detail=detail, important=important)
+        self.per_row.add(name)
+        if rows_only:
+            self.rows_only.add(name)
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.attributes.get(name, default)
@@ -121,6 +182,20 @@ class GenerationResults:
         """Ask for a span event (e.g. ``corevital.drift``); the core adds it within the span's event limit,
         before the ``corevital.step`` events, in every capture mode. Document its name and attributes."""
         self.events.append((name, dict(attributes or {})))
+
+    def escalate(self, reason: str) -> None:
+        """Ask for full detail on this generation's span (capture mode ``on_risk``); ``reason`` is exported
+        in ``corevital.capture.escalated``."""
+        if reason not in self.escalations:
+            self.escalations.append(reason)
+
+    def report_severity(self, level: str, message: str) -> None:
+        """Say how bad this generation looks: ``WARNING`` or ``ERROR``, with a one-sentence ``message``.
+        Backends that show a level get the most severe one reported (Langfuse's observation level)."""
+        if level not in SEVERITY_LEVELS:
+            raise ValueError(f"severity level {level!r}: expected one of {', '.join(SEVERITY_LEVELS)}")
+        if self.severity is None or SEVERITY_LEVELS.index(level) > SEVERITY_LEVELS.index(self.severity.level):
+            self.severity = Severity(level, message)
 
     def note_lost(self, what: str) -> None:
         """Say what could not be captured or computed; it is exported as ``corevital.capture.lost``."""

@@ -59,17 +59,28 @@ def real_values(series: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def publish(series: StepSeries, results: GenerationResults, table: tuple[tuple[str, str, str], ...]) -> None:
+def publish(
+    series: StepSeries,
+    results: GenerationResults,
+    table: tuple[tuple[str, str, str], ...],
+    compact: frozenset[str] = frozenset(),
+) -> None:
     """Set ``attribute`` to ``series[name]`` reduced per row for each ``(name, attribute, reduce)`` whose
-    series exists; ``reduce`` is one of mean/max/min/sum, or ``any`` for 0/1 series."""
+    series exists; ``reduce`` is one of mean/max/min/sum, or ``any`` for 0/1 series. One value per row is
+    a per-row value; ``(rows, layers)`` values are arrays, detail by their name unless listed in
+    ``compact`` (kept in every capture mode)."""
     for name, attribute, reduce in table:
         values = series.get(name)
         if values is None:
             continue
         if reduce == "any":
-            results.set(attribute, any_step(values, series.mask))
+            reduced = any_step(values, series.mask)
         else:
-            results.set(attribute, over_steps(values, series.mask, reduce))
+            reduced = over_steps(values, series.mask, reduce)
+        if reduced.ndim == 1:
+            results.set_rows(attribute, reduced)
+        else:
+            results.set(attribute, reduced, detail=False if attribute in compact else None)
 
 
 def wants_detail(info: GenerationInfo) -> bool:

@@ -22,6 +22,8 @@ from corevital_otel.plugins._summary import publish, wants_detail
 COREVITAL_PLUGIN_NAME = "attention"
 
 # per-layer series -> (span attribute, reduction over a row's steps); exported in full detail only
+# Kept in the default span (one value per layer), the rest of the per-layer detail only in full detail.
+COMPACT_LAYER_ATTRIBUTES = frozenset({"corevital.layers.attention.entropy.mean"})
 _LAYER_AGGREGATES = (
     ("attention.layers.entropy.mean", "corevital.layers.attention.entropy.mean", "mean"),
     ("attention.layers.entropy.min", "corevital.layers.attention.entropy.min", "min"),
@@ -139,4 +141,4 @@ def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.T
 def corevital_summarize(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
     publish(series, results, _ROW_AGGREGATES)
     if wants_detail(info):
-        publish(series, results, _LAYER_AGGREGATES)
+        publish(series, results, _LAYER_AGGREGATES, compact=COMPACT_LAYER_ATTRIBUTES)

@@ -123,9 +123,9 @@ def _apply_calibrated(info: GenerationInfo, series: StepSeries, results: Generat
         for row in range(rows)
     ]
     results.set("corevital.baseline.source", baseline.source)
-    results.set("corevital.baseline.divergence", [d.score for d in divergences])
-    results.set("corevital.baseline.anomalous_steps", [len(d.anomalous_steps) for d in divergences])
-    results.set(
+    results.set_rows("corevital.baseline.divergence", [d.score for d in divergences])
+    results.set_rows("corevital.baseline.anomalous_steps", [len(d.anomalous_steps) for d in divergences])
+    results.set_rows(
         "corevital.baseline.first_anomalous_step",
         [d.anomalous_steps[0] if d.anomalous_steps else -1 for d in divergences],
     )
@@ -233,7 +233,7 @@ def _apply_rolling(info: GenerationInfo, series: StepSeries, results: Generation
                 results.record_metric("corevital.baseline.spikes", 1, {"corevital.baseline.signal": signal})
         spikes.append(",".join(fired))
     if any(spikes):
-        results.set("corevital.baseline.spike", spikes)
+        results.set_rows("corevital.baseline.spike", spikes)
 
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -150,8 +150,10 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
         return  # looked, found nothing: the empty list says so; spans have a limited attribute budget
     results.set("corevital.blame.severity", [item.severity for item in merged])
     results.set("corevital.blame.reasons", [",".join(item.reasons) for item in merged])
-    results.set("corevital.blame.top_layer", [blamed[0].layer if blamed else -1 for blamed in per_row])
-    results.set("corevital.blame.top_severity", [blamed[0].severity if blamed else 0.0 for blamed in per_row])
-    results.set(
+    results.set_rows("corevital.blame.top_layer", [blamed[0].layer if blamed else -1 for blamed in per_row])
+    results.set_rows(
+        "corevital.blame.top_severity", [blamed[0].severity if blamed else 0.0 for blamed in per_row]
+    )
+    results.set_rows(
         "corevital.blame.top_reasons", [",".join(blamed[0].reasons) if blamed else "" for blamed in per_row]
     )

@@ -172,7 +172,7 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
     per_row = [detect(evidence(series, results, row_flags[row], row, rows), scales) for row in range(rows)]
     if not any(per_row):
         return  # spans have a limited attribute budget: only when some row shows a signal
-    results.set("corevital.compound.signals", [",".join(signals) for signals in per_row])
+    results.set_rows("corevital.compound.signals", [",".join(signals) for signals in per_row])
     for signals in per_row:
         for signal in signals:
             results.record_metric("corevital.compound.signals", 1, {"corevital.compound.signal": signal})

@@ -193,13 +193,15 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
     per_row = [detect(_row(series, row), scales) for row in range(len(row_flags))]
     if not per_row:
         return
-    results.set(
+    results.set_rows(
         "corevital.warning.failure_risk",
         [failure_risk(w, f) for w, f in zip(per_row, row_flags, strict=True)],
     )
     if any(per_row):  # spans have a limited attribute budget: detail only when something fired
-        results.set("corevital.warning.signals", [",".join(w.name for w in warnings) for warnings in per_row])
-        results.set(
+        results.set_rows(
+            "corevital.warning.signals", [",".join(w.name for w in warnings) for warnings in per_row]
+        )
+        results.set_rows(
             "corevital.warning.onset_step", [min((w.onset for w in ws), default=-1) for ws in per_row]
         )
     for warnings in per_row:

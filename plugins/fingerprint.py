@@ -149,5 +149,5 @@ def corevital_explain(info: GenerationInfo, series: StepSeries, results: Generat
         results.set("corevital.fingerprint.version", VERSION)
     hashed = _prompt_hashes(info, rows or info.rows)
     if hashed is not None:
-        results.set("corevital.prompt.hash", hashed[0])
+        results.set_rows("corevital.prompt.hash", hashed[0])
         results.set("corevital.prompt.hash_scope", hashed[1])

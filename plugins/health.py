@@ -228,11 +228,15 @@ def publish_flags(
     flags: list[Flag], series: StepSeries, results: GenerationResults, thresholds: Thresholds
 ) -> None:
     results.set("corevital.health.profile", thresholds.family)
+    raised = []
     for flag in flags:
         counted = flag.name == "high_entropy_steps"
         overall = int(flag.rows.max(initial=0)) if counted else bool(flag.rows.any())
-        results.set(f"corevital.health.{flag.name}", overall)
-        results.set(f"corevital.health.per_row.{flag.name}", flag.rows.astype(np.int64 if counted else bool))
+        results.set(f"corevital.health.{flag.name}", overall, important=True)
+        if overall:
+            raised.append(flag.name)
+        per_row = flag.rows.astype(np.int64 if counted else bool)  # with one row: the generation's value
+        results.set_rows(f"corevital.health.per_row.{flag.name}", per_row, rows_only=True)
         fired = int((flag.rows > 0).sum())
         if fired:
             results.record_metric(FLAG_METRIC, fired, {"corevital.health.flag": flag.name})
@@ -243,6 +247,7 @@ def publish_flags(
             results.flag_step(flag.first_step, flag.name)
         elif counted and fired:
             _flag_high_entropy_steps(series, results, thresholds)
+    results.set("corevital.health.flags", tuple(raised), important=True)
 
 
 @hookimpl

@@ -16,6 +16,8 @@ from corevital_otel.plugins._summary import publish, wants_detail
 
 COREVITAL_PLUGIN_NAME = "hidden_states"
 
+# Kept in the default span (one value per layer), the rest of the per-layer detail only in full detail.
+COMPACT_LAYER_ATTRIBUTES = frozenset({"corevital.layers.hidden_states.l2_norm.mean"})
 _LAYER_AGGREGATES = (
     ("hidden_states.layers.l2_norm", "corevital.layers.hidden_states.l2_norm.mean", "mean"),
     ("hidden_states.layers.l2_norm", "corevital.layers.hidden_states.l2_norm.max", "max"),
@@ -62,4 +64,4 @@ def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.T
 def corevital_summarize(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
     publish(series, results, _ROW_AGGREGATES)
     if wants_detail(info):
-        publish(series, results, _LAYER_AGGREGATES)
+        publish(series, results, _LAYER_AGGREGATES, compact=COMPACT_LAYER_ATTRIBUTES)

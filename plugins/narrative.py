@@ -200,11 +200,32 @@ def row_narrative(
     return " ".join(sentences)
 
 
+def first_sentence(text: str) -> str:
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+def report_severity(
+    results: GenerationResults, row_flags: Sequence[Flags], narratives: Sequence[str]
+) -> None:
+    """ERROR for NaN/Inf output, WARNING for high risk or a serious flag; the worst row's first sentence
+    is the message (Langfuse shows it as the observation's status message)."""
+    levels = results.get("corevital.risk.level") or ()
+    worst: tuple[int, int] | None = None  # (severity rank, row)
+    for row, flags in enumerate(row_flags):
+        level = levels[row] if isinstance(levels, (list, tuple)) and row < len(levels) else None
+        rank = 2 if flags.nonfinite else 1 if flags.serious or level == "high" else 0
+        if rank and (worst is None or rank > worst[0]):
+            worst = (rank, row)
+    if worst is not None:
+        level = "ERROR" if worst[0] == 2 else "WARNING"
+        results.report_severity(level, first_sentence(narratives[worst[1]]))
+
+
 @hookimpl
 def corevital_explain(info: GenerationInfo, series: StepSeries, results: GenerationResults) -> None:
     row_flags = _inputs.flags(info, series, results)
     if row_flags:
-        results.set(
-            "corevital.narrative",
-            [row_narrative(info, series, results, flags, row) for row, flags in enumerate(row_flags)],
-        )
+        narratives = [row_narrative(info, series, results, flags, row) for row, flags in enumerate(row_flags)]
+        results.set_rows("corevital.narrative", narratives, important=True)
+        report_severity(results, row_flags, narratives)

@@ -191,7 +191,7 @@ def checks_run(tokenizer: Any, looped_known: bool, settings: Settings) -> list[s
 
 
 def _publish(results: GenerationResults, classes: list[str], checks: list[str]) -> None:
-    results.set("corevital.outcome.class", classes)
+    results.set_rows("corevital.outcome.class", classes)
     results.set("corevital.outcome.failed", any(cls != "none" for cls in classes))
     results.set("corevital.outcome.checks", checks)
     for cls, count in sorted(Counter(classes).items()):

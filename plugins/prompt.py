@@ -255,6 +255,10 @@ def layer_attention(
     return (middle_sum / boundary_sum) / (uniform_middle_sum / uniform_boundary_sum)
 
 
+# Sparse prompt attention kept on a span, over all prompts, layers and heads (the largest weights).
+SPARSE_MAX_TOTAL = 256
+
+
 def _sparse_arrays(tops: list[_SparseTop | None]) -> dict[str, np.ndarray]:
     """Structure of arrays over (prompt, layer, head) of the kept weights, sorted by those and the query."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in ("prompt", "layer", "head", "query", "key")}
@@ -276,10 +280,16 @@ def _sparse_arrays(tops: list[_SparseTop | None]) -> dict[str, np.ndarray]:
         name: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         for name, parts in columns.items()
     }
+    weight = np.concatenate(weights) if weights else np.zeros(0)
+    if weight.size > SPARSE_MAX_TOTAL:  # the span's budget: only the largest weights of all heads
+        largest = np.argpartition(-weight, SPARSE_MAX_TOTAL - 1)[:SPARSE_MAX_TOTAL]
+        dropped += weight.size - SPARSE_MAX_TOTAL
+        joined = {name: values[largest] for name, values in joined.items()}
+        weight = weight[largest]
     order = np.lexsort(tuple(joined[name] for name in ("key", "query", "head", "layer", "prompt")))
     prefix = "corevital.prompt.positions.attention"
     arrays = {f"{prefix}.{name}": values[order] for name, values in joined.items()}
-    arrays[f"{prefix}.weight"] = np.concatenate(weights)[order] if weights else np.zeros(0)
+    arrays[f"{prefix}.weight"] = weight[order]
     arrays[f"{prefix}.dropped"] = dropped
     return arrays
 

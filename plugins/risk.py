@@ -206,15 +206,17 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
     if not risks:
         return
     scores = [risk.score for risk in risks]
-    results.set("corevital.risk.score", scores)
-    results.set("corevital.risk.level", [risk.level for risk in risks])
-    results.set("corevital.risk.factors", [",".join(risk.factors) for risk in risks])
-    results.set("corevital.risk.max", max(scores))
+    results.set_rows("corevital.risk.score", scores, important=True)
+    results.set_rows("corevital.risk.level", [risk.level for risk in risks], important=True)
+    results.set_rows("corevital.risk.factors", [",".join(risk.factors) for risk in risks], important=True)
+    results.set("corevital.risk.max", max(scores), important=True)
     results.set("corevital.risk.calibration", scales.source)
     if info.capture_mode == "on_risk":
         threshold = float(_settings(info).get("escalate_threshold", DEFAULT_ESCALATE_THRESHOLD))
-        escalate = max(scores) >= threshold or any(flags.serious for flags in row_flags)
-        results.set("corevital.capture.escalated", bool(escalate))
+        if max(scores) >= threshold:
+            results.escalate("risk")
+        if any(flags.serious for flags in row_flags):
+            results.escalate("serious_flag")
     for risk in risks:
         results.record_metric("corevital.risk.score", risk.score)
         results.record_metric("corevital.generations", 1, {"corevital.risk.level": risk.level})

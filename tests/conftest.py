@@ -27,6 +27,8 @@ def instrumented(telemetry):
     instrumentors = []
 
     def _instrument(**options):
+        # Most tests read full detail; the default mode (on_risk) has tests of its own that name it.
+        options.setdefault("capture_mode", "full")
         instrumentors.append(
             corevital_otel.instrument(
                 tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider, **options

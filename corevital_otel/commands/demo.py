@@ -264,8 +264,11 @@ def _run_prompts(
     def on_step(info: Any, step: int, outputs: Any) -> None:
         progress.detail(f"token {step + 1}/{arguments.max_new_tokens}")
 
-    corevital_otel.instrument(
-        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider, on_step=on_step
+    corevital_otel.instrument(  # full detail: the report draws every step's entropy (default: on_risk)
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        on_step=on_step,
+        capture_mode="full",
     )
     corevital_otel.register_tokenizer(model, tokenizer)  # only used if content capture is switched on
     try:

@@ -189,7 +189,7 @@ def test_assess_publishes_scores_levels_factors_and_metrics():
     assert scores[0] == 0.0 and scores[1] == pytest.approx(0.7 + risk.WEIGHTS["entropy"])
     assert results.get("corevital.risk.level") == ["low", "high"]
     assert results.get("corevital.risk.factors") == ["", "repetition_loop,entropy"]
-    assert results.get("corevital.capture.escalated") is True
+    assert results.escalations == ["risk", "serious_flag"]
     recorded = [(m.name, m.value, m.attributes) for m in results.metrics]
     assert recorded == [
         ("corevital.risk.score", 0.0, {}),
@@ -199,14 +199,12 @@ def test_assess_publishes_scores_levels_factors_and_metrics():
     ]
 
 
-@pytest.mark.parametrize(
-    ("capture_mode", "escalated"), [("on_risk", False), ("full", None), ("summary", None)]
-)
-def test_escalation_only_in_on_risk_mode_and_only_when_risky(capture_mode, escalated):
+@pytest.mark.parametrize("capture_mode", ["on_risk", "full", "summary"])
+def test_escalation_only_in_on_risk_mode_and_only_when_risky(capture_mode):
     series = make_series(logits__entropy=np.full(STEPS, 2.0))
     results = results_with()
     risk.corevital_assess(make_info(capture_mode=capture_mode), series, results)
-    assert results.get("corevital.capture.escalated") is escalated
+    assert results.escalations == []
 
 
 @pytest.mark.parametrize(

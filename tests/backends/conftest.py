@@ -31,6 +31,7 @@ def instrument_with() -> Iterator[Callable[..., Any]]:
     """instrument() with the given tracer provider (and a throwaway meter provider); always uninstruments."""
 
     def _instrument(tracer_provider: Any, **options: Any) -> Any:
+        options.setdefault("capture_mode", "full")  # the tiers read step series and events
         return corevital_otel.instrument(
             tracer_provider=tracer_provider, meter_provider=MeterProvider(), **options
         )

@@ -69,7 +69,7 @@ def _timed_phases() -> None:
 
 
 def install() -> None:
-    from corevital_otel import emitter, generation
+    from corevital_otel import export, generation
     from corevital_otel.capture import session, stash
 
     for name in ("_before_forward", "_after_forward", "_after_layer", "observe_attention"):
@@ -77,9 +77,8 @@ def install() -> None:
     _timed(stash.StepStash, "fold", "fold (attention scoring)")
     _timed(generation.GenerationCall, "_deliver_prompt", "prompt analysis")
     _timed(generation.GenerationCall, "_finish", "after generate(): analysis and emission")
-    _timed(emitter, "fit_attributes", "  emission: attributes")
-    _timed(emitter, "emit_step_events", "  emission: step events")
-    _timed(generation.GenerationCall, "_record_metrics", "  emission: metrics")
+    _timed(export, "write_span", "  emission: span attributes and events")
+    _timed(export, "record_metrics", "  emission: metrics")
     _timed_phases()
 
 

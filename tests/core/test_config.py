@@ -71,8 +71,16 @@ def _step_events(span) -> list:
     return [event for event in span.events if event.name == "corevital.step"]
 
 
-def test_defaults_give_full_detail(telemetry):
-    instrument_with(telemetry)
+def test_defaults_give_the_compact_span_unless_escalated(telemetry):
+    instrument_with(telemetry, plugin_options={"risk": {"escalate_threshold": 1.0}})
+    span = _run(telemetry)
+    assert span.attributes["corevital.capture.escalated"] is False
+    assert 2 <= len(_step_events(span)) == span.attributes["corevital.step.events_emitted"] <= 4
+    assert "corevital.steps.logits.entropy" not in span.attributes
+
+
+def test_full_mode_gives_full_detail(telemetry):
+    instrument_with(telemetry, capture_mode="full")
     span = _run(telemetry)
     assert len(_step_events(span)) == MAX_NEW
     assert span.attributes["corevital.step.events_emitted"] == MAX_NEW

@@ -128,7 +128,7 @@ def test_an_undocumented_name_is_caught(quiet):
     assert "span attribute corevital.undocumented.value" in problems
     assert "span attribute corevital.steps.undocumented.series" in problems
     assert "corevital.step attribute corevital.undocumented.series" in problems
-    assert "corevital.logits.entropy.mean (double[]): 'not an array'" in problems
+    assert "corevital.logits.entropy.mean (double/row): 'not an array'" in problems
 
 
 def test_placeholders_stand_for_their_listed_values_only():

@@ -153,7 +153,7 @@ def test_streamer_with_generate_in_a_thread(quiet):
     assert text == reference and len(text.split()) == 6
     span = generation_span(telemetry)
     assert span.attributes["gen_ai.usage.output_tokens"] == 6
-    assert len(span.attributes["corevital.logits.entropy.mean"]) == 1
+    assert isinstance(span.attributes["corevital.logits.entropy.mean"], float)  # one row: a plain value
 
 
 def test_concurrent_calls_on_a_shared_model_get_separate_spans(quiet):

@@ -28,6 +28,7 @@ def test_span_and_metrics_arrive_as_otlp_protobuf(otlp_receiver, otlp_providers)
     corevital_otel.instrument(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        capture_mode="full",
         plugins=[logits_plugin],
         load_entry_point_plugins=False,
     )

@@ -44,7 +44,7 @@ def _generate(model, scripts: dict[int, str], **kwargs):
 
 
 def _classes(telemetry) -> list[str]:
-    return list(generation_span(telemetry).attributes["corevital.outcome.class"])
+    return corevital_otel.row_values(generation_span(telemetry).attributes["corevital.outcome.class"])
 
 
 def _counts(telemetry) -> dict[str, int]:

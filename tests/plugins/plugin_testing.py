@@ -13,7 +13,7 @@ import torch
 import transformers
 from tiny_models import _COMMON_DECODER
 
-from corevital_otel import StepSeries
+from corevital_otel import StepSeries, row_values
 
 
 def llama(layers: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -69,7 +69,8 @@ def series_of(attributes: dict[str, Any], name: str, rows: int) -> np.ndarray:
 
 
 def array_of(attributes: dict[str, Any], name: str, *shape: int) -> np.ndarray:
-    values = np.array([np.nan if v is None else v for v in attributes[name]], dtype=float)
+    """An array attribute as floats (null -> NaN); a per-row plain value (one row) as one entry."""
+    values = np.array([np.nan if v is None else v for v in row_values(attributes[name])], dtype=float)
     return values.reshape(shape) if shape else values
 
 

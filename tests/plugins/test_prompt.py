@@ -115,7 +115,8 @@ def test_basin_matches_the_definition_on_random_attention(lengths, causal, scale
     rows = prompt_plugin.prompt_rows(capture)
     got = prompt_plugin.layer_attention(capture, 0, rows, None).numpy()
     expected = reference_basin(capture.attention_weights(0).numpy(), rows.real.numpy(), causal)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, equal_nan=True)
+    # float32 prefix sums: a basin score near 0 may be off by ~1e-7 in absolute terms.
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize(("length", "budget"), [(40, 8), (41, 10), (12, 100)])
@@ -163,7 +164,10 @@ def test_sparse_attention_keeps_the_largest_weights_above_the_threshold_per_head
                 top = above[: THRESHOLDS.prompt_sparse_max_per_head]
                 dropped += len(above) - len(top)
                 expected += [((p, layer, h, q, k), w) for w, q, k in top]
-    expected.sort()
+    # Over all prompts, layers and heads only the largest SPARSE_MAX_TOTAL stay on the span.
+    expected.sort(key=lambda item: -item[1])
+    dropped += max(len(expected) - prompt_plugin.SPARSE_MAX_TOTAL, 0)
+    expected = sorted(expected[: prompt_plugin.SPARSE_MAX_TOTAL])
     assert kept == [key for key, _ in expected]
     np.testing.assert_allclose(values[f"{prefix}.weight"], [w for _, w in expected], rtol=1e-6)
     assert values[f"{prefix}.dropped"] == dropped > 0

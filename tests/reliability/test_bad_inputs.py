@@ -21,6 +21,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
+from corevital_otel import row_values
+
 from .support import plugin_failures
 
 MAX_NEW = 3
@@ -125,7 +127,7 @@ def test_odd_inputs(name, instrumented):
     assert span.attributes["gen_ai.usage.input_tokens"] == input_tokens
     assert span.attributes["gen_ai.usage.output_tokens"] == output_tokens
     assert span.attributes["corevital.steps.count"] == MAX_NEW
-    assert len(span.attributes["corevital.risk.score"]) == rows
+    assert len(row_values(span.attributes["corevital.risk.score"])) == rows
 
 
 _TINY = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)

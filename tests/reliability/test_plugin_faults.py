@@ -148,6 +148,8 @@ def test_non_finite_and_oversized_values_travel_as_valid_otlp(otlp_receiver):
             meter_provider=meter_provider,
             plugins=[OddValuesPlugin(), logits_plugin],
             load_entry_point_plugins=False,
+            capture_mode="full",
+            max_span_kib=0,  # no byte budget: the oversized array must travel (the budget has its tests)
         )
         assert torch.equal(_call(model), reference)
         meter_provider.force_flush()

@@ -8,7 +8,7 @@ import torch
 import transformers
 from tiny_models import CONFIGS
 
-from corevital_otel import GenerationResults, hookimpl
+from corevital_otel import GenerationResults, StepSeries, hookimpl
 
 
 def long_context_gpt2(positions: int, seed: int = 0) -> torch.nn.Module:
@@ -26,10 +26,16 @@ class ResultsSpy:
 
     def __init__(self) -> None:
         self.results: list[GenerationResults] = []
+        self.series: dict[str, Any] = {}  # the last generation's (steps, rows) step series, exact
+
+    @property
+    def series_names(self) -> list[str]:
+        return sorted(self.series)
 
     @hookimpl(trylast=True)
-    def corevital_explain(self, results: GenerationResults) -> None:
+    def corevital_explain(self, series: StepSeries, results: GenerationResults) -> None:
         self.results.append(results)
+        self.series = {name: array for name, array in series.arrays.items() if array.ndim == 2}
 
 
 class Filler:

@@ -115,9 +115,9 @@ def test_risk_and_flags_arrive_as_scores_on_the_observation(server, langfuse_cli
         )
     risk = scores["corevital.risk.score"]
     assert (risk["dataType"], risk["value"]) == ("NUMERIC", attributes["corevital.risk.max"])
-    assert risk["comment"] == f"factors: {attributes['corevital.risk.factors'][0]}"
+    assert risk["comment"] == f"factors: {attributes['corevital.risk.factors']}"  # one row: plain values
     level = scores["corevital.risk.level"]
-    assert (level["dataType"], level["value"]) == ("CATEGORICAL", attributes["corevital.risk.level"][0])
+    assert (level["dataType"], level["value"]) == ("CATEGORICAL", attributes["corevital.risk.level"])
     loop = scores["corevital.health.repetition_loop_detected"]
     assert (loop["dataType"], loop["value"]) == (
         "BOOLEAN",

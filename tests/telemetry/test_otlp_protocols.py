@@ -67,7 +67,9 @@ def exported(request: pytest.FixtureRequest) -> Iterator[tuple[Any, TracerProvid
 
 def test_span_and_metrics_arrive_decoded(exported):
     receiver, tracer_provider, meter_provider = exported
-    corevital_otel.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)  # every plugin
+    corevital_otel.instrument(  # every plugin, every series
+        tracer_provider=tracer_provider, meter_provider=meter_provider, capture_mode="full"
+    )
     model = build_model("llama")
     ids, mask = prompt_batch(batch=2, length=5)
     eos, _ = eos_and_pad(model)

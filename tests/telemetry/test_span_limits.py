@@ -1,6 +1,7 @@
-"""A 2,000-token generation under the SDK's default span limits (128 attributes, 128 events, oldest dropped
-silently) loses nothing by accident: step events are bounded by design and counted, per-step series stay
-whole in arrays, and when a span cannot hold everything the least important attributes go first."""
+"""A 2,000-token generation in full detail under the SDK's default span limits (128 attributes, 128 events,
+oldest dropped silently) loses nothing by accident: step events are bounded by design and counted, per-step
+series are bucketed to a bounded resolution, and when a span cannot hold everything the least important
+attributes go first, counted."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def _generate_long(telemetry: Telemetry, tokens: int, **options: Any) -> tuple[A
     """One greedy generation of exactly ``tokens`` tokens; returns its span and what the plugins wrote."""
     spy = ResultsSpy()
     plugins = [*options.pop("plugins", ()), spy]
+    options.setdefault("capture_mode", "full")
     corevital_otel.instrument(
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
@@ -73,7 +75,7 @@ def _generate_long(telemetry: Telemetry, tokens: int, **options: Any) -> tuple[A
 
 @pytest.fixture(scope="module")
 def long_generation() -> tuple[Any, ResultsSpy]:
-    """2,000 tokens with every built-in plugin, default SDK limits, default options."""
+    """2,000 tokens with every built-in plugin, default SDK limits, default options but full detail."""
     assert (SpanLimits().max_span_attributes, SpanLimits().max_events) == (128, 128), "OTEL_* limits set"
     return _generate_long(Telemetry(), LONG)
 
@@ -89,10 +91,15 @@ def test_the_sdk_drops_nothing_and_what_matters_is_there(long_generation):
     ]
     assert missing == []
     assert attributes["gen_ai.usage.output_tokens"] == LONG == attributes["corevital.steps.count"]
-    assert "corevital.attributes.dropped" not in attributes  # everything fitted
-    # Every plugin attribute made it onto the span, none was crowded out.
+    # Every plugin attribute and every series' bucket means made it onto the span; at the 128-attribute
+    # limit only bucket extremes (.min/.max) may have gone, and each one that went is counted.
     (results,) = spy.results
-    assert set(results.attributes) <= set(attributes)
+    assert set(results.attributes) - results.rows_only <= set(attributes)  # rows_only: not at one row
+    extremes = [f"corevital.steps.{name}.{end}" for name in spy.series_names for end in ("min", "max")]
+    means = [f"corevital.steps.{name}" for name in spy.series_names]
+    assert all(name in attributes for name in means)
+    missing = [name for name in extremes if name not in attributes]
+    assert attributes.get("corevital.attributes.dropped", 0) == len(missing) < len(extremes)
 
 
 def test_step_events_are_bounded_and_counted(long_generation):
@@ -111,23 +118,32 @@ def test_step_events_are_bounded_and_counted(long_generation):
         assert tuple(by_index[step].attributes["corevital.step.reasons"]) == tuple(reasons)
 
 
-def test_full_per_step_series_survive_in_arrays(long_generation):
-    span, _ = long_generation
+def test_long_series_are_bucketed_and_step_events_keep_exact_values(long_generation):
+    span, spy = long_generation
     attributes = dict(span.attributes)
-    arrays = {name: value for name, value in attributes.items() if name.startswith("corevital.steps.")}
-    arrays.pop("corevital.steps.count")
+    resolution = attributes["corevital.steps.resolution"]
+    assert resolution == -(-LONG // 32)
+    arrays = {f"corevital.steps.{name}": attributes[f"corevital.steps.{name}"] for name in spy.series_names}
     assert len(arrays) >= 10
-    assert all(len(values) == LONG for values in arrays.values())
-    # The step events carry the same series, one value per row: nothing exported only in one place.
+    assert all(len(values) == -(-LONG // resolution) for values in arrays.values())
+    # The step events carry the same series: nothing exported only in one place.
     event_series = {
         name.removeprefix("corevital.")
         for event in step_events(span)
         for name in event.attributes
         if not name.startswith("corevital.step.")
     }
-    assert event_series == {name.removeprefix("corevital.steps.") for name in arrays}
-    first = step_events(span)[0].attributes
-    assert first["corevital.logits.entropy"][0] == arrays["corevital.steps.logits.entropy"][0]
+    assert event_series <= {name.removeprefix("corevital.steps.") for name in arrays}
+    assert "logits.entropy" in event_series
+    # Step 0's exact value lies inside its bucket's range, and the bucket mean is the mean of its steps.
+    first = step_events(span)[0].attributes["corevital.logits.entropy"]
+    (results,) = spy.results
+    low = attributes.get("corevital.steps.logits.entropy.min")
+    high = attributes.get("corevital.steps.logits.entropy.max")
+    if low is not None and high is not None:
+        assert low[0] <= first <= high[0]
+    exact = spy.series["logits.entropy"][:resolution, 0]
+    assert arrays["corevital.steps.logits.entropy"][0] == pytest.approx(float(exact.mean()))
 
 
 def test_an_overfull_span_drops_the_least_important_first():
@@ -168,8 +184,8 @@ def test_step_events_stop_below_the_span_event_limit():
 
 
 def test_raised_limits_keep_every_step(monkeypatch):
-    """With raised limits (read by the SDK from the standard variables) and max_step_events to match, a
-    2,000-token generation keeps an event per step and every attribute."""
+    """With raised limits (read by the SDK from the standard variables), max_step_events to match and no
+    byte budget, a 2,000-token generation keeps an event per step and every attribute."""
     monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "4000")
     monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "1000")
     telemetry = Telemetry()
@@ -179,13 +195,13 @@ def test_raised_limits_keep_every_step(monkeypatch):
         plugins=[logits_plugin, health_plugin, Filler(200)],
         load_entry_point_plugins=False,
         max_step_events=LONG,
+        max_span_kib=0,
     )
     events = step_events(span)
     assert [event.attributes["corevital.step.index"] for event in events] == list(range(LONG))
     assert span.attributes["corevital.step.events_dropped"] == 0 and span.dropped_events == 0
     assert "corevital.attributes.dropped" not in span.attributes
     assert sum(name.startswith("corevital.filler.") for name in span.attributes) == 200
-    assert len(span.attributes["corevital.steps.logits.entropy"]) == LONG
 
 
 def test_bounded_by_default_even_for_a_short_generation(instrumented):
