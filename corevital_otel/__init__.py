@@ -58,7 +58,9 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None, **option
     - plugins: ``builtin_plugins``, ``load_entry_point_plugins`` (third-party ones), ``disabled_plugins``,
       ``plugins`` (extra plugin objects), ``plugin_options`` (checked against each plugin's schema);
     - live use: ``on_step`` (a callback per step), ``intervene`` and ``intervention_risk_threshold``
-      (stop a row early), ``langfuse_scores`` (risk and flags as Langfuse scores).
+      (stop a row early), ``langfuse_scores`` (risk and flags as Langfuse scores);
+    - naming: ``model_name`` (a string, or a function of the model, naming it on spans and metric labels
+      instead of its shortened ``name_or_path``).
 
     Raises :class:`ConfigError` on an invalid value. Returns the instrumentor. Calling it again while
     instrumented does nothing.

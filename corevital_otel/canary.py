@@ -236,8 +236,9 @@ class Canary:
         return results
 
     def _model_name(self) -> str:
-        config = getattr(self.model, "config", None)
-        return str(getattr(config, "name_or_path", "") or getattr(config, "model_type", "") or "unknown")
+        from .model_names import default_model_name
+
+        return default_model_name(self.model) or "unknown"
 
     def _generate(self, probe: Probe, halt: Any) -> str:
         import torch

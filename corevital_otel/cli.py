@@ -7,15 +7,25 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import commands
 from .version import __version__
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit status 2 (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corevital-otel", description=__doc__)
+    # Only the standard library and the command modules' argument definitions: torch and transformers
+    # are imported by a command's run(), so --help and argument errors come back at once.
+    parser = OneLineErrorParser(prog="corevital-otel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"corevital-otel {__version__}")
-    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     # Each module defines register(subcommands), adding a parser whose default `run` takes the namespace.
     for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if not module_info.name.startswith("_"):

@@ -138,6 +138,14 @@ def _langfuse(value: Any) -> Any:
     return value
 
 
+def _model_name(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip() or None
+    if not (value is None or callable(value)):
+        raise ValueError("expected a string, a function of the model, or None")
+    return value
+
+
 def _option(default: Any, meaning: str, env: str | None = None, **extra: Any) -> Any:
     schema_extra = {"env": env} if env else {}
     return Field(default, description=meaning, json_schema_extra=schema_extra, **extra)
@@ -207,6 +215,10 @@ class Options(BaseModel):
     # False, True (a Langfuse client from the LANGFUSE_* variables) or a Langfuse client object.
     langfuse_scores: Annotated[Any, BeforeValidator(_langfuse)] = _option(
         False, "send risk and flags to Langfuse as scores", "COREVITAL_LANGFUSE_SCORES"
+    )
+    # A string, or a function of the model (see model_names.py); None: derived from name_or_path.
+    model_name: Annotated[Any, BeforeValidator(_model_name)] = _option(
+        None, "the model's name on spans and metric labels", "COREVITAL_MODEL_NAME"
     )
 
 

@@ -104,7 +104,7 @@ class GenerationCall:
         self.started = time.perf_counter()
         self.failures: list[PluginFailure] = list(runtime.setup_failures)
         self.series = SeriesCollector()
-        self.request: GenerationRequest = resolve_request(model, args, kwargs)
+        self.request: GenerationRequest = resolve_request(model, args, kwargs, runtime.options.model_name)
         options = runtime.options
         layout = locate_layout(model)
         request = self.request

@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+from . import speculative
+from .model_names import ModelNameOption, model_name
+
 
 @dataclass
 class GenerationRequest:
@@ -29,6 +32,7 @@ class GenerationRequest:
     decoder_prompt_length: int = 0  # columns of the returned sequences that were not generated
     prompt_shape: tuple[int, int] | None = None  # (batch, positions) of input_ids or inputs_embeds
     custom_stops: bool = False  # a stopping criterion besides EOS and the token limit may end rows early
+    speculative_decoding: str | None = None  # assisted / prompt lookup: a step verifies several tokens
 
     @property
     def batch_size(self) -> int:
@@ -45,12 +49,6 @@ def _eos_ids(value: Any) -> tuple[int, ...]:
     return (int(value),)
 
 
-def _model_name(model: Any) -> str:
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", "")
-    return str(name or getattr(config, "model_type", "") or type(model).__name__)
-
-
 # The generation settings the span reports or usage/finish reasons depend on.
 _SETTINGS = (
     "max_new_tokens",
@@ -64,6 +62,7 @@ _SETTINGS = (
     "eos_token_id",
     "pad_token_id",
     "stop_strings",
+    *speculative.SETTINGS,
 )
 # Used only if this transformers does not expose its defaults.
 _FALLBACK_DEFAULTS = {"max_length": 20, "do_sample": False, "num_beams": 1, "num_return_sequences": 1}
@@ -115,7 +114,7 @@ def _new_token_limit(
     return max(int(max_length) - prompt_length, 0)
 
 
-def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
+def resolve_request(model: Any, args: tuple, kwargs: dict, name: ModelNameOption = None) -> GenerationRequest:
     """Read the call's effective parameters without touching the caller's objects."""
     input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
     if input_ids is None and isinstance(kwargs.get("inputs"), torch.Tensor):
@@ -146,7 +145,7 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
     # Trailing padding without EOS only comes from a stopping criterion that ended a row early.
     custom_stops = bool(settings.get("stop_strings")) or bool(kwargs.get("stopping_criteria"))
     return GenerationRequest(
-        model_name=_model_name(model),
+        model_name=model_name(model, name),
         model_type=str(getattr(model_config, "model_type", "") or "unknown"),
         is_encoder_decoder=is_encoder_decoder,
         input_ids=input_ids,
@@ -163,6 +162,7 @@ def resolve_request(model: Any, args: tuple, kwargs: dict) -> GenerationRequest:
         decoder_prompt_length=decoder_prompt,
         prompt_shape=prompt_shape,
         custom_stops=custom_stops,
+        speculative_decoding=speculative.speculative_method(kwargs, settings),
     )
 
 

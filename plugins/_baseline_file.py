@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from corevital_otel.model_names import short_model_name
+
 FORMAT = "corevital-baseline"
 VERSION = 1
 LEVELS = np.linspace(0.0, 1.0, 101)  # the quantile grid: every percentile
@@ -197,8 +199,9 @@ def read_json_object(path: str, what: str, error: type[ValueError]) -> Mapping[s
 
 
 def same_model(first: str, second: str) -> bool:
-    """Equal names, or two spellings of one local model directory (relative vs absolute path)."""
-    if first == second:
+    """Equal names, two spellings of one local model directory (relative vs absolute path), or a
+    directory and the short name spans give it (a baseline written before names were shortened)."""
+    if first == second or (first and second and short_model_name(first) == short_model_name(second)):
         return True
     if not (first and second and os.path.isdir(first) and os.path.isdir(second)):
         return False

@@ -32,6 +32,9 @@ class Thresholds:
     focus_max_weight: float  # a head whose largest weight is above this is focused
     collapse_head_fraction: float  # a layer collapses when at least this share of its heads does
     high_entropy_bits: float  # a step whose raw next-token entropy is above this is high-entropy
+    # high_entropy_steps fires (and is counted) only when at least this share of a row's steps is
+    # high-entropy: a few uncertain steps (a name, a number) are normal in any healthy text.
+    high_entropy_min_fraction: float
     repetition_similarity: float  # last-layer cosine at which two steps count as the same state
     repetition_min_steps: int  # consecutive similar steps (at one lag) that make a state loop
     repetition_max_period: int  # longest loop period looked for, in tokens (also the state buffer size)

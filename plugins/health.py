@@ -168,7 +168,11 @@ def high_entropy_flag(series: StepSeries, thresholds: Thresholds) -> Flag | None
     hits = masked(entropy, series.mask) > thresholds.high_entropy_bits
     flag = _flag_from_hits("high_entropy_steps", None, hits)
     if flag is not None:
-        flag.rows = hits.sum(axis=0)
+        counts = hits.sum(axis=0)
+        steps = series.mask.sum(axis=0) if series.mask.ndim == 2 else np.full_like(counts, hits.shape[0])
+        # A row fires when a real share of its steps is uncertain, not on any single uncertain step.
+        fired = (counts > 0) & (counts >= thresholds.high_entropy_min_fraction * steps)
+        flag.rows = np.where(fired, counts, 0)
     return flag
 
 

@@ -330,7 +330,8 @@ def main() -> None:
         bos_token_id=eot_id,
         eos_token_id=eot_id,
         pad_token_id=eot_id,
-        max_length=args.ctx,
+        # No max_length: set here, every generate(max_new_tokens=...) prints transformers' warning that
+        # both are set; the context limit is the config's n_positions.
         do_sample=False,
     )
     model.save_pretrained(args.out, safe_serialization=True)

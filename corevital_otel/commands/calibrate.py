@@ -19,12 +19,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
-from ..results import GenerationInfo, StepSeries
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `corevital-otel --help` stays light
+    import numpy as np
+
+    from ..results import GenerationInfo, StepSeries
 
 EXCLUDED_SERIES = ("risk.running",)  # derived from the baseline itself
 LAYER_SERIES = ("hidden_states.layers.l2_norm",)  # per-layer medians: layer blame's reference
@@ -46,6 +48,8 @@ class _Collector:
 
     @hookimpl
     def corevital_summarize(self, info: GenerationInfo, series: StepSeries) -> None:
+        import numpy as np
+
         self.model_name, self.model_type, self.family = info.model_name, info.model_type, info.family
         self.generations += int(series.mask.shape[1]) if series.mask.ndim == 2 else 0
         self.steps += int(series.mask.sum())
@@ -69,21 +73,11 @@ class _Collector:
         return medians
 
     def observed(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
         merged = {name: np.concatenate(parts) for name, parts in self.values.items()}
         # 0/1 indicators (NaN seen, loop under way) have no distribution worth comparing against.
         return {name: values for name, values in merged.items() if not np.isin(values, (0.0, 1.0)).all()}
-
-
-def load_model(path: str) -> tuple[Any, Any]:
-    """A local ``from_pretrained`` directory's model (causal or seq2seq) and tokenizer, in eval mode."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(path)
-    if getattr(config, "is_encoder_decoder", False):
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path)
-    return model.eval(), transformers.AutoTokenizer.from_pretrained(path)
 
 
 def calibrate(
@@ -168,11 +162,18 @@ def run(arguments: argparse.Namespace) -> int:
         return 2
     import torch
 
+    from ..report import ModelLoadError, load_local_model
+    from ..report.limits import token_budget_problem
+
     torch.manual_seed(arguments.seed)
     try:
-        model, tokenizer = load_model(arguments.model)
-    except (OSError, ValueError) as error:
-        print(f"calibrate: cannot load {arguments.model}: {error}", file=sys.stderr)
+        model, tokenizer = load_local_model(arguments.model)  # never the hub: a typo fails at once
+    except ModelLoadError as error:
+        print(f"calibrate: error: --model {error}", file=sys.stderr)
+        return 2
+    problem = token_budget_problem(model, tokenizer, prompts, arguments.max_new_tokens)
+    if problem:
+        print(f"calibrate: error: {problem}", file=sys.stderr)
         return 2
     document = calibrate(
         model, tokenizer, prompts, arguments.max_new_tokens, arguments.do_sample, arguments.model_name
@@ -198,7 +199,8 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (32)")
     parser.add_argument(
         "--model-name",
-        help="the model name the baseline applies to, as spans report it (default: the --model path)",
+        help="the model name the baseline applies to, as spans report it (default: the name spans give "
+        "the model, the --model directory's last component)",
     )
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--seed", type=int, default=0, help="torch seed, for --do-sample (0)")

@@ -3,10 +3,11 @@
 Loads the embedded demo model (or ``--model PATH``), instruments it with real OpenTelemetry SDK providers,
 generates from a handful of prompts chosen to show healthy, uncertain and looping generations, and prints
 a report per generation read back from its exported span. With ``OTEL_EXPORTER_OTLP_ENDPOINT`` set the
-same spans and metrics also go to that OTLP endpoint (``OTEL_EXPORTER_OTLP_PROTOCOL``: http/protobuf or grpc).
+same spans and metrics also go to that OTLP endpoint (``OTEL_EXPORTER_OTLP_PROTOCOL``: http/protobuf or grpc);
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``_METRICS_ENDPOINT`` send one signal only, or each elsewhere.
 
-Exit status: 0; 1 when the OTLP endpoint did not accept the spans; 2 for a bad --model, --prompts or
-OTLP setting.
+Exit status: 0; 1 when an OTLP endpoint did not accept the spans or refused the metrics; 2 for a bad
+argument (--model, --prompts, --max-new-tokens beyond the model's positions) or OTLP setting.
 """
 
 from __future__ import annotations
@@ -123,17 +124,45 @@ def _model_summary(model: Any) -> str:
     return f"{config.model_type}, {params / 1e6:.1f}M parameters, {layers} layers"
 
 
-def _footer(telemetry: Telemetry, flushed: bool) -> str:
-    if telemetry.otlp_spans is not None:
-        sent, failed = telemetry.otlp_spans.exported, telemetry.otlp_spans.failed
-        where = f"{telemetry.otlp_endpoint} ({telemetry.otlp_protocol}), service.name={SERVICE_NAME}"
+def _export_lines(telemetry: Telemetry, flushed: bool) -> tuple[list[str], bool]:
+    """What each OTLP endpoint accepted, one line per signal, and whether everything arrived."""
+    lines, complete = [], True
+    traces, metrics = telemetry.otlp_traces, telemetry.otlp_metrics
+    if traces is not None:
+        sent, failed = traces.exporter.exported, traces.exporter.failed
         if failed or not flushed:
-            return (
-                f"OTLP export to {where}: {plural(sent, 'span')} accepted, {failed} failed"
+            complete = False
+            lines.append(
+                f"OTLP traces to {traces.where}: {plural(sent, 'span')} accepted, {failed} failed"
                 + ("" if flushed else ", flush timed out")
                 + ". Is a Collector listening there?"
             )
-        return f"OTLP export: {plural(sent, 'span')} accepted by {where}; metrics pushed there on exit."
+        else:
+            lines.append(f"OTLP traces: {plural(sent, 'span')} accepted by {traces.where}.")
+    if metrics is not None:
+        sent, failed = metrics.exporter.exported, metrics.exporter.failed
+        if failed:
+            complete = False
+            lines.append(
+                f"OTLP metrics to {metrics.where}: REFUSED ({failed} of {sent + failed} export requests"
+                " failed)."
+                " Does this endpoint take OTLP metrics? (Langfuse, for one, takes traces only:"
+                " set OTEL_EXPORTER_OTLP_TRACES_ENDPOINT instead of OTEL_EXPORTER_OTLP_ENDPOINT.)"
+            )
+        elif not sent:
+            complete = False
+            lines.append(f"OTLP metrics to {metrics.where}: no export request completed in time.")
+        else:
+            lines.append(f"OTLP metrics: {plural(sent, 'export request')} accepted by {metrics.where}.")
+    lines.append(f"service.name={SERVICE_NAME}")
+    return lines, complete
+
+
+def _footer(telemetry: Telemetry, flushed: bool) -> tuple[str, bool]:
+    """The closing lines, and whether every configured OTLP endpoint accepted what it was sent."""
+    if telemetry.exporting:
+        lines, complete = _export_lines(telemetry, flushed)
+        return "\n".join(lines), complete
     return "\n".join(
         [
             "Nothing was exported (OTEL_EXPORTER_OTLP_ENDPOINT is not set). To see the same spans and",
@@ -145,10 +174,11 @@ def _footer(telemetry: Telemetry, flushed: bool) -> str:
             "then open Jaeger at http://localhost:16686 (service corevital-otel-demo) or Grafana at",
             "http://localhost:3000.",
         ]
-    )
+    ), True
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from corevital_otel.model_names import default_model_name
     from corevital_otel.report import (
         ExportSetupError,
         ModelLoadError,
@@ -157,16 +187,22 @@ def run(arguments: argparse.Namespace) -> int:
         Telemetry,
         load_local_model,
     )
+    from corevital_otel.report.generations import check_model_directory
+    from corevital_otel.report.limits import token_budget_problem
 
     style = Style.for_stream(sys.stdout, arguments.no_color)
     progress = Progress()
     try:
+        if arguments.model:
+            check_model_directory(arguments.model)  # before any progress line: a typo is one line
         prompts = load_prompts(arguments.prompts) if arguments.prompts else list(DEFAULT_PROMPTS)
         if arguments.model and not arguments.prompts:  # the labels describe the demo model's behaviour
             prompts = [DemoPrompt(f"prompt {i}", p.text, p.sample) for i, p in enumerate(prompts, 1)]
         telemetry = Telemetry.create(SERVICE_NAME, timeout_s=FLUSH_TIMEOUT_S)
     except (PromptFileError, ExportSetupError) as error:
         return _error(str(error))
+    except ModelLoadError as error:
+        return _error(f"--model {error}")
 
     from corevital_otel.demo_model import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
@@ -181,22 +217,26 @@ def run(arguments: argparse.Namespace) -> int:
         telemetry.shutdown(FLUSH_TIMEOUT_S)
         return _error(f"--model {error}" if arguments.model else str(error))
     progress.clear()
+    problem = token_budget_problem(model, tokenizer, [p.text for p in prompts], arguments.max_new_tokens)
+    if problem:
+        telemetry.shutdown(FLUSH_TIMEOUT_S)
+        return _error(problem)
 
     width = min(shutil.get_terminal_size((100, 24)).columns, 120)
     print(
-        style(f"corevital-otel demo · {model.config.name_or_path} ({_model_summary(model)})", "bold")
+        style(f"corevital-otel demo · {default_model_name(model)} ({_model_summary(model)})", "bold")
         + f" · {plural(len(prompts), 'prompt')} · up to {arguments.max_new_tokens} new tokens"
     )
     try:
         _run_prompts(model, tokenizer, prompts, arguments, telemetry, progress, style, width)
     finally:
-        if telemetry.otlp_endpoint:
+        if telemetry.exporting:
             progress.phase("flushing telemetry …")
         flushed = telemetry.shutdown(FLUSH_TIMEOUT_S)
         progress.clear()
+    footer, exported = _footer(telemetry, flushed)
     print()
-    print(_footer(telemetry, flushed))
-    exported = telemetry.otlp_spans is None or (flushed and not telemetry.otlp_spans.failed)
+    print(footer)
     return 0 if exported else 1
 
 

@@ -149,9 +149,9 @@ def run(arguments: argparse.Namespace) -> int:
     flushed = telemetry.shutdown(FLUSH_TIMEOUT_S)
     passed = sum(result.passed for result in results)
     print(f"{len(results)} probe runs: {passed} passed, {len(results) - passed} did not")
-    if telemetry.otlp_endpoint:
+    if telemetry.otlp_traces is not None:
         state = "sent" if flushed else "NOT confirmed (flush timed out: is a receiver listening?)"
-        print(f"OTLP export {state}: {telemetry.otlp_endpoint}, service.name={SERVICE_NAME}")
+        print(f"OTLP export {state}: {telemetry.otlp_traces.where}, service.name={SERVICE_NAME}")
     else:
         print("OTEL_EXPORTER_OTLP_ENDPOINT is not set: nothing left this process.")
     return 0
@@ -185,7 +185,9 @@ def _probe(
         print(_line(result), flush=True)
         telemetry.spans.clear()  # the in-memory copy is not read here: keep a long run's memory flat
 
-    print(f"corevital-otel probe · {model.config.name_or_path} · probes {', '.join(arguments.probes)}")
+    from corevital_otel.model_names import default_model_name
+
+    print(f"corevital-otel probe · {default_model_name(model)} · probes {', '.join(arguments.probes)}")
     try:
         with _stop_on_signals(canary.stop), quiet_transformers():
             return canary.run(

@@ -1,20 +1,30 @@
-"""Terminal reports of instrumented generations, read back from their exported spans (used by the demo)."""
+"""Terminal reports of instrumented generations, read back from their exported spans (used by the demo).
+
+Names are imported on first use: ``corevital-otel --help`` imports ``report.terminal`` (stdlib only)
+and must not pay for the OpenTelemetry SDK that ``generations`` needs.
+"""
 
 from __future__ import annotations
 
-from .generations import ExportSetupError, ModelLoadError, Observation, Telemetry, load_local_model, observe
-from .layout import render_report
-from .terminal import Progress, Style, sparkline
+import importlib
+from typing import Any
 
-__all__ = [
-    "ExportSetupError",
-    "ModelLoadError",
-    "Observation",
-    "Progress",
-    "Style",
-    "Telemetry",
-    "load_local_model",
-    "observe",
-    "render_report",
-    "sparkline",
-]
+_HOMES = {
+    "ModelLoadError": "generations",
+    "Observation": "generations",
+    "Telemetry": "generations",
+    "load_local_model": "generations",
+    "observe": "generations",
+    "render_report": "layout",
+    "ExportSetupError": "otlp",
+    "Progress": "terminal",
+    "Style": "terminal",
+    "sparkline": "terminal",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

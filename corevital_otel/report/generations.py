@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,19 +20,16 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from .otlp import ExportSetupError, SignalExport, signal_export
+
 GENERATION_SPAN_PREFIX = "text_completion"
-OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 
 
 class ModelLoadError(Exception):
     """A model directory that does not exist or does not load; the message says which and why."""
-
-
-class ExportSetupError(Exception):
-    """OTLP export was asked for (by environment variables) but cannot be set up."""
 
 
 @contextlib.contextmanager
@@ -51,16 +48,22 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_local_model(path: str | os.PathLike[str], display_name: str | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a local directory written by ``save_pretrained``; never the hub.
-
-    ``display_name`` replaces the directory in ``gen_ai.request.model``. Raises :class:`ModelLoadError`.
-    """
+def check_model_directory(path: str | os.PathLike[str]) -> Path:
+    """The directory, if it can hold a saved model (cheap: no import); else :class:`ModelLoadError`."""
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ModelLoadError(f"{path}: no such directory (expected a local model saved with save_pretrained)")
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{path}: no config.json in this directory, so it is not a transformers model")
+    return directory
+
+
+def load_local_model(path: str | os.PathLike[str], display_name: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a local directory written by ``save_pretrained``; never the hub.
+
+    ``display_name`` replaces the directory in ``gen_ai.request.model``. Raises :class:`ModelLoadError`.
+    """
+    directory = check_model_directory(path)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     try:
@@ -77,68 +80,6 @@ def load_local_model(path: str | os.PathLike[str], display_name: str | None = No
     return model, tokenizer
 
 
-def _otlp_protocol(signal: str) -> str:
-    protocol = (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol not in OTLP_PROTOCOLS:
-        raise ExportSetupError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: the Python OTLP exporters support "
-            + " and ".join(OTLP_PROTOCOLS)
-        )
-    return protocol
-
-
-def _otlp_exporters(timeout_s: float) -> tuple[SpanExporter, Any]:
-    """OTLP span and metric exporters for the configured protocol; they read the endpoint themselves.
-
-    Each request (retries included) is bounded by ``timeout_s`` unless ``OTEL_EXPORTER_OTLP_TIMEOUT``
-    says otherwise, so an unreachable endpoint costs seconds, not the SDK default's retries.
-    """
-    try:
-        if _otlp_protocol("TRACES") == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        if _otlp_protocol("METRICS") == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    except ImportError as error:
-        raise ExportSetupError(
-            f"OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed ({error.name}); "
-            'install it with: pip install "corevital-otel[otlp]"'
-        ) from error
-    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else timeout_s
-    return OTLPSpanExporter(timeout=timeout), OTLPMetricExporter(timeout=timeout)
-
-
-class CountingSpanExporter(SpanExporter):
-    """Delegates to another exporter and counts the spans it accepted: a flush can "succeed" while every
-    export failed, and the demo must not claim that spans arrived when they did not."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-        self.exported = 0
-        self.failed = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = self.inner.export(spans)
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
-        else:
-            self.failed += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
 @dataclass
 class Telemetry:
     """SDK providers for one run: every span kept in memory, and sent over OTLP when configured."""
@@ -146,37 +87,42 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     spans: InMemorySpanExporter
-    otlp_endpoint: str | None = None
-    otlp_protocol: str | None = None
-    otlp_spans: CountingSpanExporter | None = None
+    otlp_traces: SignalExport | None = None
+    otlp_metrics: SignalExport | None = None
 
     @classmethod
     def create(cls, service_name: str, otlp: bool | None = None, timeout_s: float = 3.0) -> Telemetry:
-        """``otlp=None``: export over OTLP exactly when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+        """``otlp=None``: export each signal over OTLP exactly when its endpoint variable is set
+        (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``).
 
         ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` win over ``service_name``.
         Raises :class:`ExportSetupError`.
         """
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
-        export = bool(endpoint) if otlp is None else otlp
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
         resource = Resource.create(attributes)
         spans = InMemorySpanExporter()
         tracer_provider = TracerProvider(resource=resource)
         # Simple (synchronous) processor: the span is readable the moment generate() returns.
         tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        traces = signal_export("TRACES", timeout_s) if otlp is not False else None
+        metrics = signal_export("METRICS", timeout_s) if otlp is not False else None
+        if otlp and traces is None and metrics is None:
+            raise ExportSetupError("OTLP export was asked for but no OTEL_EXPORTER_OTLP_*ENDPOINT is set")
         readers: list[MetricReader] = []
-        if not export:
-            return cls(tracer_provider, MeterProvider(resource=resource, metric_readers=readers), spans)
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        if traces is not None:
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        span_exporter, metric_exporter = _otlp_exporters(timeout_s)
-        counting = CountingSpanExporter(span_exporter)
-        tracer_provider.add_span_processor(BatchSpanProcessor(counting))
-        readers.append(PeriodicExportingMetricReader(metric_exporter))
+            tracer_provider.add_span_processor(BatchSpanProcessor(traces.exporter))
+        if metrics is not None:
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(PeriodicExportingMetricReader(metrics.exporter))
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        return cls(tracer_provider, meter_provider, spans, endpoint, _otlp_protocol("TRACES"), counting)
+        return cls(tracer_provider, meter_provider, spans, traces, metrics)
+
+    @property
+    def exporting(self) -> bool:
+        return self.otlp_traces is not None or self.otlp_metrics is not None
 
     def shutdown(self, timeout_s: float = 3.0) -> bool:
         """Flush and stop both providers, each bounded by about ``timeout_s``; False if the span flush did

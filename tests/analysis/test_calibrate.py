@@ -63,7 +63,8 @@ def test_calibrate_writes_a_baseline_the_plugins_then_use(model_dir, tmp_path, i
     assert code == 0 and "4 prompts" in capsys.readouterr().out
     document = json.loads(out.read_text())
     assert document["format"] == "corevital-baseline" and document["version"] == 1
-    assert document["model"] == str(model_dir) and document["family"] == "llama"
+    # named as spans name it: the directory's last component, never the host path
+    assert document["model"] == model_dir.name and document["family"] == "llama"
     steps = document["generation"]["steps"]
     assert 4 <= steps <= 24 and document["generation"]["prompts"] == 4
     entropy = document["metrics"]["logits.entropy"]
@@ -102,7 +103,10 @@ def test_calibrate_model_name_override(model_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("prompt_text", "model", "message"),
-    [("", None, "holds no prompt"), ("the cat", "/nonexistent/model", "cannot load")],
+    [
+        ("", None, "holds no prompt"),
+        ("the cat", "/nonexistent/model", "--model /nonexistent/model: no such directory"),
+    ],
 )
 def test_calibrate_reports_bad_input(model_dir, tmp_path, capsys, prompt_text, model, message):
     prompts = tmp_path / "prompts.txt"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from . import grafana, promql
+from . import contract, grafana, promql
 from .repo import COMPOSE, GRAFANA_DASHBOARDS, GRAFANA_PROVISIONING
 
 DATASOURCE_VARIABLE = {"type": "prometheus", "uid": "${datasource}"}
@@ -131,3 +131,71 @@ def test_provisioning_reads_only_variables_compose_sets() -> None:
 def test_dashboard_provider_is_file_based() -> None:
     provider = _provisioning("dashboards/corevital.yaml")["providers"][0]
     assert provider["type"] == "file" and provider["folderUid"] == "corevital"
+
+
+# Emitted metric families no dashboard shows, each with the reason; everything else is on a dashboard.
+NOT_ON_A_DASHBOARD = {
+    "corevital_device_memory_peak_bytes": "CUDA devices only; the KV-cache panels show memory everywhere",
+    "corevital_baseline_divergence": "only with a calibrated baseline file; read per generation on the span",
+    "corevital_baseline_anomalous_steps_total": "only with a calibrated baseline file",
+    "corevital_probe_runs_total": "the canary command's own metrics (docs/probe.md), not generate()'s",
+    "corevital_probe_duration_seconds": "the canary command's own metrics",
+    "corevital_probe_risk": "the canary command's own metrics",
+    "corevital_probe_entropy_bit": "the canary command's own metrics",
+}
+# Counters of events that healthy traffic may never produce: their panels show 0, not "No data".
+EVENT_COUNTERS = {
+    "corevital_interventions_total",
+    "corevital_plugin_errors_total",
+    "corevital_capture_errors_total",
+    "corevital_warnings_total",
+    "corevital_compound_signals_total",
+    "corevital_drift_events_total",
+    "corevital_baseline_spikes_total",
+}
+ZERO_FALLBACK = "or on() vector(0)"
+
+
+def test_every_emitted_metric_family_is_on_a_dashboard() -> None:
+    shown = set().union(*(promql.project_names(query.expr) for query in promql.dashboard_queries()))
+    for metric in contract.metrics():
+        on_a_dashboard = bool(set(metric.series_names) & shown)
+        if metric.prometheus_name in NOT_ON_A_DASHBOARD:
+            assert not on_a_dashboard, f"{metric.prometheus_name} is shown now: drop it from the list"
+        else:
+            assert on_a_dashboard, f"{metric.prometheus_name} appears on no dashboard"
+
+
+def test_event_counters_show_zero_rather_than_no_data() -> None:
+    for query in promql.dashboard_queries():
+        counted = promql.project_names(query.expr) & EVENT_COUNTERS
+        if counted:
+            assert promql.normalize(query.expr).endswith(promql.normalize(ZERO_FALLBACK)), query.id
+
+
+def _units(dashboard: dict) -> dict[str, str]:
+    return {
+        p["title"]: p.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
+        for p in promql.panels(dashboard)
+    }
+
+
+def test_units_say_what_the_values_are() -> None:
+    overview, models = (
+        promql.load_dashboard(next(p for p in GRAFANA_DASHBOARDS if p.stem == stem))
+        for stem in ("corevital-overview", "corevital-models")
+    )
+    table = next(p for p in promql.panels(models) if p["type"] == "table")
+    overrides = {
+        o["matcher"]["options"]: {prop["id"]: prop["value"] for prop in o["properties"]}
+        for o in table["fieldConfig"]["overrides"]
+    }
+    # a count per generation (1.52 flags) is not a share: no percent
+    assert overrides["health flags per generation"]["unit"] == "none"
+    assert overrides["high-risk share"]["unit"] == "percentunit"
+    assert overrides["mean entropy"]["unit"] == overrides["mean surprisal"]["unit"] == "suffix: bit"
+    assert _units(models)["Mean token entropy by model"] == "suffix: bit"
+    assert _units(overview)["KV cache memory (p95)"] == "bytes"
+    for panel in promql.panels(overview):
+        if panel["type"] == "heatmap" and "bit" in panel["targets"][0]["expr"]:
+            assert panel["options"]["yAxis"]["unit"] == "suffix: bit", panel["title"]

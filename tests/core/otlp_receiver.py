@@ -35,10 +35,14 @@ def attributes(key_values: Any) -> dict[str, Any]:
 
 
 class OtlpReceiver:
-    """Collects POSTed OTLP/HTTP protobuf bodies by path, on 127.0.0.1 and an ephemeral port."""
+    """Collects POSTed OTLP/HTTP protobuf bodies by path, on 127.0.0.1 and an ephemeral port (or
+    ``port``). ``refuse`` maps a path to the HTTP status it answers there instead of 200 (a backend that
+    takes traces but not metrics, say); refused bodies are not kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, refuse: dict[str, int] | None = None) -> None:
         self.bodies: dict[str, list[bytes]] = {}
+        self.refused: dict[str, int] = {}
+        refusals = dict(refuse or {})
         self._arrived = threading.Condition()
         receiver = self
 
@@ -47,11 +51,15 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                status = refusals.get(self.path, 200)
                 # Stored before answering: once the exporter sees the 200, a test may look for it.
                 with receiver._arrived:
-                    receiver.bodies.setdefault(self.path, []).append(body)
+                    if status == 200:
+                        receiver.bodies.setdefault(self.path, []).append(body)
+                    else:
+                        receiver.refused[self.path] = receiver.refused.get(self.path, 0) + 1
                     receiver._arrived.notify_all()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -59,7 +67,7 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -106,9 +114,9 @@ class OtlpReceiver:
         return [span for span in self.spans() if span.name.startswith("text_completion")]
 
 
-def running_receiver() -> Iterator[OtlpReceiver]:
+def running_receiver(port: int = 0, refuse: dict[str, int] | None = None) -> Iterator[OtlpReceiver]:
     """Generator for a fixture: a started receiver, stopped afterwards."""
-    receiver = OtlpReceiver().start()
+    receiver = OtlpReceiver(port, refuse).start()
     try:
         yield receiver
     finally:

@@ -97,7 +97,8 @@ def test_console_script_runs_the_demo(no_otlp_env: pytest.MonkeyPatch, tmp_path:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"corevital-otel demo · {DEMO_MODEL_DIR} (gpt2, ")  # --model: its path
+    # --model: the directory's last component, as on the span, never the host path
+    assert done.stdout.startswith(f"corevital-otel demo · {DEMO_MODEL_DIR.name} (gpt2, ")
     [(title, sections)] = reports(done.stdout)
     assert title.startswith("━━ 1/1 · prompt 1 · greedy")
     assert sections["prompt"] == "import os⏎import sys⏎"
@@ -136,8 +137,10 @@ def test_the_otlp_protocol_variable_picks_the_exporter(
     no_otlp_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     telemetry = Telemetry.create(SERVICE_NAME)
     try:
-        assert telemetry.otlp_spans is not None and telemetry.otlp_protocol == protocol
-        assert module in type(telemetry.otlp_spans.inner).__module__
+        assert telemetry.otlp_traces is not None and telemetry.otlp_traces.protocol == protocol
+        assert module in type(telemetry.otlp_traces.exporter.inner).__module__
+        assert telemetry.otlp_metrics is not None
+        assert module in type(telemetry.otlp_metrics.exporter.inner).__module__
     finally:
         telemetry.shutdown(0.5)
 
@@ -151,7 +154,8 @@ def test_demo_exports_spans_and_metrics_over_otlp_http(
         no_otlp_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         assert main(["demo", "--no-color", "--prompts", prompts, "--max-new-tokens", "24"]) == 0
         out = capsys.readouterr().out
-        assert f"OTLP export: 1 span accepted by {receiver.endpoint} (http/protobuf)" in out
+        assert f"OTLP traces: 1 span accepted by {receiver.endpoint}/v1/traces (http/protobuf)" in out
+        assert f"accepted by {receiver.endpoint}/v1/metrics (http/protobuf)" in out
         assert_exported(receiver)
 
 
