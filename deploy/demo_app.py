@@ -24,6 +24,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=600.0, help="how long to generate (default 600)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per generation (default 32)")
+    parser.add_argument(
+        "--generations", type=int, default=GENERATIONS_LIMIT, help="stop after this many generations too"
+    )
     arguments = parser.parse_args()
 
     import torch
@@ -35,7 +38,9 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL_DIR).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
     deadline = time.monotonic() + arguments.seconds
-    prompts = itertools.islice(itertools.cycle(DEFAULT_PROMPTS), GENERATIONS_LIMIT)
+    prompts = itertools.islice(
+        itertools.cycle(DEFAULT_PROMPTS), min(arguments.generations, GENERATIONS_LIMIT)
+    )
     for calls, prompt in enumerate(prompts, 1):
         if time.monotonic() >= deadline:
             break

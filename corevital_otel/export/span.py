@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Status, StatusCode
 
+from .. import speculative
 from . import names
 from .budget import (
     CORE,
@@ -45,6 +46,8 @@ def request_attributes(request: GenerationRequest) -> dict[str, Any]:
     }
     if request.max_new_tokens is not None:
         attributes[names.REQUEST_MAX_TOKENS] = request.max_new_tokens
+    if request.speculative_decoding is not None:  # a step verifies several tokens: see steps.count
+        attributes[speculative.ATTRIBUTE] = request.speculative_decoding
     if request.do_sample:  # sampling parameters only mean something when the call samples
         for name, value in (
             (names.REQUEST_TEMPERATURE, request.temperature),

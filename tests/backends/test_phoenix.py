@@ -20,7 +20,7 @@ from corevital_otel.demo_model import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 from . import browser, span_fields
 from .phoenix_backend import Phoenix, phoenix_problem, running_phoenix
-from .repo import STACK_DOC
+from .repo import ROOT, STACK_DOC
 
 DEMO_GENERATIONS = 4
 MAX_NEW_TOKENS = 48
@@ -72,19 +72,49 @@ def test_phoenix_shows_llm_spans_with_model_and_token_counts(demo_spans: list[di
         assert str(DEMO_MODEL_DIR) not in json.dumps(attributes)  # no host path anywhere
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 items 4-5 (lead engineer): scalar corevital.risk.score/level and the default-mode "
-    "span budget are not on this branch yet; strict, so this marker must go when they land",
-)
-def test_phoenix_shows_the_risk_as_values_and_a_span_within_budget(demo_spans: list[dict[str, Any]]) -> None:
+@pytest.fixture(scope="module")
+def default_mode_spans(phoenix: Phoenix, demo_spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The demo's prompts from a plain app under opentelemetry-instrument: the default capture mode (the
+    demo itself asks for full detail, to draw every step). At 48 tokens, as in the demo, the first stays
+    healthy (at 64 it starts to loop and is escalated to full detail, rightly)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COREVITAL_"))}
+    env.update(
+        OTEL_SERVICE_NAME="corevital-default-mode",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=phoenix.traces_endpoint,
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf",
+    )
+    bin_dir = Path(sys.executable).parent
+    app = [str(bin_dir / "opentelemetry-instrument"), sys.executable, str(ROOT / "deploy" / "demo_app.py")]
+    done = subprocess.run(
+        [*app, "--generations", str(DEMO_GENERATIONS), "--max-new-tokens", str(MAX_NEW_TOKENS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    spans = phoenix.wait_for_spans(2 * DEMO_GENERATIONS)
+    ours = [span for span in spans if span["name"] == "text_completion demo_model"]
+    assert len(ours) == DEMO_GENERATIONS, [span["name"] for span in spans]
+    return sorted(ours, key=lambda span: span["start_time"])
+
+
+def test_phoenix_shows_the_risk_as_values_and_a_span_within_budget(
+    default_mode_spans: list[dict[str, Any]],
+) -> None:
     levels = []
-    for span in demo_spans:
+    for span in default_mode_spans:
         score, level = span_fields.risk(span["attributes"])
         levels.append(level)
     assert levels[0] == "low" and levels[-1] == "high"  # healthy first, a loop last
-    healthy = demo_spans[0]["attributes"]
-    assert len(healthy) <= span_fields.DEFAULT_MODE_MAX_KEYS, f"{len(healthy)} attribute keys"
+    assert not default_mode_spans[0]["attributes"].get("corevital.capture.escalated")
+    assert default_mode_spans[-1]["attributes"]["corevital.capture.escalated"] is True
+    healthy = span_fields.own_keys(default_mode_spans[0]["attributes"])
+    assert len(healthy) <= span_fields.DEFAULT_MODE_MAX_KEYS, f"{len(healthy)} attribute keys: {healthy}"
+    assert isinstance(default_mode_spans[-1]["attributes"][span_fields.FLAGS], list)
 
 
 def test_a_trace_screenshot(phoenix: Phoenix, demo_spans: list[dict[str, Any]], tmp_path: Path) -> None:

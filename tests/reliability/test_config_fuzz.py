@@ -72,6 +72,8 @@ def _assert_valid(option: str, value: Any) -> None:
         assert type(value) is int and value >= 0
     elif option == "block_steps":
         assert type(value) is int and 1 <= value <= MAX_BLOCK_STEPS
+    elif option == "model_name":  # None: derived from the model; else a name or a function of the model
+        assert value is None or callable(value) or (isinstance(value, str) and value == value.strip() != "")
     else:
         assert type(value) is bool, option
 
