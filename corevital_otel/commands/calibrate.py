@@ -63,6 +63,8 @@ class _Collector:
 
     def layer_medians(self) -> dict[str, list[float]]:
         """Per per-layer series, each layer's median over every real step (one layer count only)."""
+        import numpy as np
+
         medians = {}
         for name, parts in self.layers.items():
             if len({part.shape[1] for part in parts}) == 1:
