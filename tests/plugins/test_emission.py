@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from analysis.helpers import make_info
 
 from corevital_otel import StepCapture, hookimpl
 from corevital_otel.plugins import attention, health, hidden_states, logits, prompt
+from tests.analysis.helpers import make_info
 from tests.support import contract
 from tests.support.plugin_testing import corrupt_layer, llama
 from tests.support.tiny_models import FAMILIES, build_model, prompt_batch
