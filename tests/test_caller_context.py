@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
+from tests.support.tiny_models import build_model, prompt_batch
 
 
 def _generate(model) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel.config import ConfigError
+from tests.support.tiny_models import build_model, prompt_batch
 
 
 class SignalAt:

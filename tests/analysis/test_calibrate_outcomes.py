@@ -142,7 +142,7 @@ def otlp_json(rows: list[dict]) -> str:
 
 
 def test_calibrate_fits_outcomes_and_the_risk_plugin_applies_the_fit(instrumented, tmp_path, capsys):
-    from tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     telemetry = instrumented(capture_mode="summary")
     model = build_model("gpt2")
@@ -177,7 +177,7 @@ def test_calibrate_fits_outcomes_and_the_risk_plugin_applies_the_fit(instrumente
 
 
 def test_trace_ids_resolve_through_otlp_json_spans(instrumented, tmp_path):
-    from tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     telemetry = instrumented(capture_mode="summary")
     rows = labelled(generate_rows(telemetry, build_model("gpt2"), batches=4))

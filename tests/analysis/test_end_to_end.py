@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import build_model, prompt_batch
 from transformers.generation.streamers import BaseStreamer
 
 import corevital_otel
 from corevital_otel.commands.calibrate import calibrate
+from tests.support.tiny_models import build_model, prompt_batch
 
 NEW_TOKENS = 8
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tests.support.contract import BASE_METRIC_ATTRIBUTES, load, read_tables, unquote
+
 from .repo import TELEMETRY_DOC
 
 _UNITS = {
@@ -20,7 +22,7 @@ _UNITS = {
     "GiBy": "gibibytes", "m": "meters", "V": "volts", "A": "amperes", "J": "joules", "W": "watts",
     "g": "grams", "Cel": "celsius", "Hz": "hertz", "1": "", "%": "percent",
 }  # fmt: skip
-BASE_ATTRIBUTES = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")
+BASE_ATTRIBUTES = BASE_METRIC_ATTRIBUTES
 
 
 @dataclass(frozen=True)
@@ -59,37 +61,32 @@ def prometheus_name(name: str, unit: str, kind: str) -> str:
     return "_".join(tokens)
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def _code(cell: str) -> list[str]:
-    return re.findall(r"`([^`]+)`", cell)
-
-
 def metrics() -> list[ContractMetric]:
-    """Every row of the metrics table (the table whose header has a `Prometheus name` column)."""
-    lines = TELEMETRY_DOC.read_text(encoding="utf-8").splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("|") and "Prometheus name" in line)
-    columns = _cells(lines[header])
+    """Every row of the metrics table (the one with a `Prometheus name` column), read by the suite's one
+    parser of docs/telemetry.md (tests.support.contract)."""
+    tables = read_tables(TELEMETRY_DOC.read_text(encoding="utf-8"))
+    [table] = [table for table in tables if "Prometheus name" in table.header]
+    documented = load()
     rows = []
-    for line in lines[header + 2 :]:
-        if not line.startswith("|"):
-            break
-        row = dict(zip(columns, _cells(line), strict=True))
-        attributes = list(BASE_ATTRIBUTES) if "base" in row["attributes"] else []
-        # only attribute names, not their listed values: `corevital.risk.level` (`low`/...) keeps the key
-        attributes += [code for code in _code(row["attributes"]) if "." in code]
+    for row in table.rows:
+        name = unquote(row["name"])
         rows.append(
             ContractMetric(
-                name=_code(row["name"])[0],
+                name=name,
                 kind=row["kind"],
                 unit=row["unit"],
-                attributes=tuple(attributes),
-                prometheus_name=_code(row["Prometheus name"])[0],
+                attributes=tuple(sorted(documented.metrics[name].attributes, key=_base_first)),
+                prometheus_name=unquote(row["Prometheus name"]),
             )
         )
     return rows
+
+
+def _base_first(attribute: str) -> tuple[int, str]:
+    """The base attributes in their order, then the metric's own by name."""
+    if attribute in BASE_ATTRIBUTES:
+        return BASE_ATTRIBUTES.index(attribute), ""
+    return len(BASE_ATTRIBUTES), attribute
 
 
 def by_prometheus_name() -> dict[str, ContractMetric]:

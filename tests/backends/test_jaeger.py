@@ -19,9 +19,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
+from tests.support.tiny_models import build_model, prompt_batch
 
 from . import otlp
 from .http_recorder import recording

@@ -15,9 +15,9 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel import cli
+from tests.support.tiny_models import build_model, prompt_batch
 
 from . import otlp
 from .http_recorder import Recorded, Recorder, recording

@@ -9,7 +9,6 @@ import pytest
 import corevital_otel
 
 from .helpers import RecordingPlugin
-from .otlp_receiver import OtlpReceiver, running_receiver
 
 
 @pytest.fixture
@@ -26,10 +25,6 @@ def quiet(instrumented):
 
     return _instrument
 
-
-@pytest.fixture
-def otlp_receiver() -> Iterator[OtlpReceiver]:
-    yield from running_receiver()
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tiny_models import VOCAB
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
 
 import corevital_otel
 from corevital_otel import GenerationInfo, PromptCapture, StepCapture, hookimpl
+from tests.support.tiny_models import VOCAB
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
+REPO_DIR = Path(__file__).resolve().parents[2]
 
 
 def eos_and_pad(model: torch.nn.Module) -> tuple[int, int]:
@@ -156,9 +156,9 @@ def instrument_with(telemetry: Any, **options: Any) -> Any:
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
-    """This environment without any OTEL_*/COREVITAL_* setting, able to import tiny_models."""
+    """This environment without any OTEL_*/COREVITAL_* setting, able to import tests.support."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COREVITAL_"))}
-    env.update(PYTHONPATH=str(TESTS_DIR), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.update(PYTHONPATH=str(REPO_DIR), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.update(overrides)
     return env
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from tiny_models import FAMILIES, build_model, prompt_batch
 
 import corevital_otel
+from tests.support.tiny_models import FAMILIES, build_model, prompt_batch
 
 # Wall-clock values differ from run to run; everything else must not.
 _TIMING = ("time", "duration", "seconds")

@@ -13,11 +13,11 @@ import weakref
 
 import pytest
 import torch
-from tiny_models import FAMILIES, build_model, prompt_batch
 
 from corevital_otel import StepCapture, hookimpl
 from corevital_otel.capture.session import CaptureSession
 from corevital_otel.generation import GenerationCall
+from tests.support.tiny_models import FAMILIES, build_model, prompt_batch
 
 from .helpers import eos_and_pad, generated_tokens
 

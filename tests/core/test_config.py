@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import build_model, prompt_batch
 from transformers.generation.utils import GenerationMixin
 
 import corevital_otel
 from corevital_otel import ConfigError
 from corevital_otel.plugins import logits as logits_plugin
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import generation_span, instrument_with
 

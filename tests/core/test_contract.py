@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from opentelemetry.sdk.metrics.export import Histogram, Sum
-from tiny_models import VOCAB, build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel import GenerationResults, StepCapture, hookimpl
+from tests.support import contract
+from tests.support.tiny_models import VOCAB, build_model, prompt_batch
 
-from . import contract
 from .helpers import eos_and_pad, offline_tokenizer, scripted
 
 # Events the OpenTelemetry SDK itself adds (``span.record_exception``), defined by its conventions.

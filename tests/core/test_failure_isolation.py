@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 import torch
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel import GenerationResults, MetricSpec, StepCapture, hookimpl
 from corevital_otel.plugins import logits as logits_plugin
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import assert_no_hooks, metric_points
 

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 import torch
-from tiny_models import build_model, prompt_batch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, pipeline
 
 from corevital_otel.plugins import logits as logits_plugin
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import eos_and_pad, generation_span, offline_tokenizer, scripted
 

@@ -9,7 +9,6 @@ from importlib.metadata import entry_points, metadata
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from packaging.requirements import Requirement
-from tiny_models import build_model, prompt_batch
 from transformers.generation.utils import GenerationMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
@@ -18,6 +17,7 @@ from transformers.pipelines.base import Pipeline
 import corevital_otel
 from corevital_otel import patching
 from corevital_otel.instrumentor import CoreVitalInstrumentor
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import instrument_with, run_python
 
@@ -102,7 +102,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from tiny_models import build_model, prompt_batch
+from tests.support.tiny_models import build_model, prompt_batch
 import corevital_otel
 
 torch.set_num_threads(1)

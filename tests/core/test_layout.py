@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import build_model
 
 from corevital_otel import families
 from corevital_otel.capture import layers
+from tests.support.tiny_models import build_model
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "t5"])

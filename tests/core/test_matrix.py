@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from opentelemetry.trace import SpanKind, StatusCode
-from tiny_models import FAMILIES, build_model, prompt_batch
 
-from . import contract
+from tests.support import contract
+from tests.support.tiny_models import FAMILIES, build_model, prompt_batch
+
 from .helpers import decoder_prompt_width, eos_and_pad, generation_span, metric_points, scripted
 
 MAX_NEW = 5

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import build_model
 
 from corevital_otel.config import ConfigError, resolve_options
 from corevital_otel.model_names import default_model_name, model_name, short_model_name
+from tests.support.tiny_models import build_model
 
 from .helpers import eos_and_pad, generation_span, metric_points
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel.plugins import logits as logits_plugin
 from corevital_otel.telemetry import TOKEN_BUCKETS
+from tests.support.otlp_receiver import attributes, exporting_providers
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import eos_and_pad, scripted
-from .otlp_receiver import attributes, exporting_providers
 
 MAX_NEW = 4
 EOS_STEP = 1

@@ -6,9 +6,9 @@ import inspect
 
 import pytest
 import torch
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel import patching
+from tests.support.tiny_models import build_model, prompt_batch
 
 
 class Base:

@@ -14,7 +14,6 @@ import pluggy
 import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 import corevital_otel.plugins
@@ -23,6 +22,7 @@ from corevital_otel.instrumentor import CoreVitalInstrumentor
 from corevital_otel.plugin_host import PluginHost
 from corevital_otel.plugins import BUILTIN_PLUGINS
 from corevital_otel.plugins import logits as logits_plugin
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import generation_span, metric_points
 

@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.otlp_receiver import OtlpReceiver, attributes
+
 from .helpers import subprocess_env
-from .otlp_receiver import OtlpReceiver, attributes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 VENV_BIN = Path(sys.executable).parent

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 from opentelemetry.trace import StatusCode
-from tiny_models import VOCAB, build_model, prompt_batch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from corevital_otel.capture.active import ACTIVE_CAPTURE
+from tests.support.tiny_models import VOCAB, build_model, prompt_batch
 
 from .helpers import assert_no_hooks, generation_span
 

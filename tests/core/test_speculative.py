@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tiny_models import build_model
+
+from tests.support.tiny_models import build_model
 
 from .helpers import eos_and_pad
 

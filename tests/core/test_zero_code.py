@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.otlp_receiver import attributes
+
 from .helpers import run_python
-from .otlp_receiver import attributes
 
 OTEL_INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 
@@ -16,7 +17,7 @@ OTEL_INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 APP = """
 import torch
 from opentelemetry import trace
-from tiny_models import build_model, prompt_batch
+from tests.support.tiny_models import build_model, prompt_batch
 
 torch.set_num_threads(1)
 model = build_model("qwen2")
@@ -108,7 +109,7 @@ provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(spans))
 corevital_otel.instrument(tracer_provider=provider)
 assert "torch" not in sys.modules and "transformers" not in sys.modules  # nothing heavy yet
-from tiny_models import build_model, prompt_batch  # the application imports transformers now
+from tests.support.tiny_models import build_model, prompt_batch  # the application imports transformers now
 
 ids, mask = prompt_batch(batch=1, length=4)
 build_model("llama").generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)

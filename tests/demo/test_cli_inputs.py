@@ -11,10 +11,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from core.otlp_receiver import running_receiver
 
 from corevital_otel.cli import main
 from corevital_otel.demo_model import DEMO_MODEL_DIR
+from tests.support.otlp_receiver import running_receiver
 
 from .test_demo import no_otlp_env, write_prompts  # noqa: F401  (no_otlp_env is a fixture)
 

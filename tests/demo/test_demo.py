@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from core.otlp_receiver import OtlpReceiver, attributes, running_receiver
 
 import corevital_otel
 from corevital_otel.cli import main
 from corevital_otel.commands.demo import DEFAULT_PROMPTS, SERVICE_NAME, PromptFileError, load_prompts
 from corevital_otel.demo_model import DEMO_MODEL_DIR
 from corevital_otel.report import Telemetry
+from tests.support.otlp_receiver import OtlpReceiver, attributes, running_receiver
 
 SECTIONS = ("prompt", "output", "tokens", "entropy", "flags", "risk", "blame", "narrative", "trace")
 LOOP_FLAG = "repetition_loop_detected"

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plugin_testing import array_of, decoder_layers, llama
 
 from corevital_otel.plugins._profiles import load_profile
 from corevital_otel.plugins.attention import attention_step_values, head_statistics
+from tests.support.plugin_testing import array_of, decoder_layers, llama
 
 THRESHOLDS = load_profile("default")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from plugin_testing import ForceTokens, array_of, series_of
-from tiny_models import SEQ2SEQ, build_model, prompt_batch
+
+from tests.support.plugin_testing import ForceTokens, array_of, series_of
+from tests.support.tiny_models import SEQ2SEQ, build_model, prompt_batch
 
 STEP_SERIES = (
     "logits.entropy",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from analysis.helpers import make_info
-from core import contract
-from plugin_testing import corrupt_layer, llama
-from tiny_models import FAMILIES, build_model, prompt_batch
 
 from corevital_otel import StepCapture, hookimpl
 from corevital_otel.plugins import attention, health, hidden_states, logits, prompt
+from tests.analysis.helpers import make_info
+from tests.support import contract
+from tests.support.plugin_testing import corrupt_layer, llama
+from tests.support.tiny_models import FAMILIES, build_model, prompt_batch
 
 BUILT_INS = (logits, attention, hidden_states, health, prompt)
 OUR_NAMESPACES = ("logits", "attention", "hidden_states", "health", "layers", "prompt")

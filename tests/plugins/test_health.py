@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from plugin_testing import corrupt_layer, llama, non_finite_numbers, series_of, step_series
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel import ConfigError, StepCapture
 from corevital_otel.plugins import health
 from corevital_otel.plugins._profiles import load_profile
+from tests.support.plugin_testing import corrupt_layer, llama, non_finite_numbers, series_of, step_series
+from tests.support.tiny_models import build_model, prompt_batch
 
 FLAGS = (
     "nan_detected",

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plugin_testing import array_of, llama
 
 from corevital_otel.plugins.hidden_states import hidden_step_values
+from tests.support.plugin_testing import array_of, llama
 
 
 def reference(vector: np.ndarray) -> dict[str, float]:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plugin_testing import hook_outputs, series_of
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel.plugins.logits import logit_statistics
+from tests.support.plugin_testing import hook_outputs, series_of
+from tests.support.tiny_models import build_model, prompt_batch
 
 
 def reference(row: np.ndarray, chosen: int) -> dict[str, float]:

@@ -13,13 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from analysis.helpers import make_info
 
 from corevital_otel import families
 from corevital_otel.families import FAMILIES, family_names, model_family
 from corevital_otel.plugins import _profiles, _scales
 from corevital_otel.plugins._profiles import Thresholds, available_families, load_profile, thresholds_for
 from corevital_otel.plugins._scales import FAMILY_SCALES, METRICS
+from tests.analysis.helpers import make_info
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD_KEYS = {"description", "extends", "model_types", "thresholds", "risk_scales", "layouts"}

@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plugin_testing import array_of, decoder_layers, llama
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel.capture.records import AttentionInputs, PromptCapture
 from corevital_otel.plugins import prompt as prompt_plugin
 from corevital_otel.plugins._profiles import load_profile
+from tests.support.plugin_testing import array_of, decoder_layers, llama
+from tests.support.tiny_models import build_model, prompt_batch
 
 THRESHOLDS = load_profile("default")
 

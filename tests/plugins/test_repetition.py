@@ -8,11 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plugin_testing import ForceTokens, series_of
-from tiny_models import build_model
 
 from corevital_otel.plugins._loops import LoopTracker
 from corevital_otel.plugins._profiles import load_profile
+from tests.support.plugin_testing import ForceTokens, series_of
+from tests.support.tiny_models import build_model
 
 THRESHOLDS = load_profile("default")
 

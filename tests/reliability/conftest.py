@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from core.otlp_receiver import OtlpReceiver, running_receiver
 
 import corevital_otel
 from corevital_otel.capture.active import ACTIVE_CAPTURE
@@ -23,7 +22,3 @@ def _nothing_left_behind() -> Iterator[None]:
     assert ACTIVE_CAPTURE.get() is None
     assert installed() == ()
 
-
-@pytest.fixture
-def otlp_receiver() -> Iterator[OtlpReceiver]:
-    yield from running_receiver()

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from core.helpers import metric_points
 
 from corevital_otel.plugins import BUILTIN_PLUGINS
+from tests.core.helpers import metric_points
 
 _PLUGIN_FAILURE = re.compile(r"^plugin (\S+) failed in (\S+): (\S+)$")
 

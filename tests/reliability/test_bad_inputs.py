@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from core.helpers import generation_span
 from opentelemetry.trace import StatusCode
-from tiny_models import VOCAB, build_model, prompt_batch
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from corevital_otel import row_values
+from tests.core.helpers import generation_span
+from tests.support.tiny_models import VOCAB, build_model, prompt_batch
 
 from .support import plugin_failures
 

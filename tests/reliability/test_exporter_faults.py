@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from core.helpers import run_python
+
+from tests.core.helpers import run_python
 
 OTEL_INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 EXPORT_TIMEOUT_S = 2  # OTEL_EXPORTER_OTLP_TIMEOUT: the SDK's bound on one export attempt
@@ -24,7 +25,7 @@ import json, time
 import torch
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
-from tiny_models import build_model, prompt_batch
+from tests.support.tiny_models import build_model, prompt_batch
 import corevital_otel
 
 

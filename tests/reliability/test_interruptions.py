@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 import torch
-from core.helpers import assert_no_hooks, generation_span, offline_tokenizer
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
-from tiny_models import build_model, prompt_batch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from corevital_otel import generation, hookimpl
 from corevital_otel.capture.active import ACTIVE_CAPTURE
 from corevital_otel.capture.layers import locate_layout
 from corevital_otel.plugins import logits as logits_plugin
+from tests.core.helpers import assert_no_hooks, generation_span, offline_tokenizer
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .support import full_scale, greedy
 

@@ -20,9 +20,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from core import contract
-from core.helpers import offline_tokenizer, run_python, scripted
-from core.otlp_receiver import exporting_providers
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -30,11 +27,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import ArrayValue
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
-from tiny_models import VOCAB, build_model
 
 import corevital_otel
 from corevital_otel import GenerationResults, hookimpl
 from corevital_otel.cli import main as cli_main
+from tests.core.helpers import offline_tokenizer, run_python, scripted
+from tests.support import contract
+from tests.support.otlp_receiver import exporting_providers
+from tests.support.tiny_models import VOCAB, build_model
 
 from .support import full_scale, messages_in, strings_in
 
@@ -201,7 +201,7 @@ LISTENER_APP = """
 import json, os, threading
 import torch
 import transformers
-from tiny_models import build_model, prompt_batch
+from tests.support.tiny_models import build_model, prompt_batch
 
 
 def sockets():

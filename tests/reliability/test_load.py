@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 import transformers
-from core.helpers import assert_no_hooks
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from tiny_models import VOCAB, build_model, prompt_batch
 from transformers.generation.utils import GenerationMixin
 from transformers.modeling_utils import AttentionInterface
 
 import corevital_otel
+from tests.core.helpers import assert_no_hooks
+from tests.support.tiny_models import VOCAB, build_model, prompt_batch
 
 from .support import full_scale, greedy, resident_bytes
 

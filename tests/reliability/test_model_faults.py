@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from core.otlp_receiver import attributes, exporting_providers
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel.capture.layers import locate_layout
+from tests.support.otlp_receiver import attributes, exporting_providers
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .support import greedy, messages_in
 

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from core.helpers import generation_span, metric_points
-from core.otlp_receiver import attributes, exporting_providers
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel import GenerationResults, MetricSpec, StepCapture, hookimpl
 from corevital_otel.plugins import health as health_plugin
 from corevital_otel.plugins import logits as logits_plugin
+from tests.core.helpers import generation_span, metric_points
+from tests.support.otlp_receiver import attributes, exporting_providers
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .support import builtin_plugin_names, greedy, plugin_error_counts, plugin_failures
 

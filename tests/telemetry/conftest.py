@@ -8,7 +8,7 @@ import pytest
 
 # Reused from the core tests: a started in-process OTLP/HTTP receiver, and the guard that every test
 # starts and ends uninstrumented.
-from core.conftest import _never_left_instrumented, otlp_receiver  # noqa: F401
+from tests.core.conftest import _never_left_instrumented  # noqa: F401
 
 from .grpc_receiver import GrpcOtlpReceiver, running_grpc_receiver
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 import transformers
-from tiny_models import CONFIGS
 
 from corevital_otel import GenerationResults, StepSeries, hookimpl
+from tests.support.tiny_models import CONFIGS
 
 
 def long_context_gpt2(positions: int, seed: int = 0) -> torch.nn.Module:

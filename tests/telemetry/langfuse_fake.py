@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from backends import otlp
-from backends.http_recorder import Recorded, Recorder, recording
 from opentelemetry.sdk.trace import TracerProvider
+
+from tests.backends import otlp
+from tests.backends.http_recorder import Recorded, Recorder, recording
 
 TRACES_PATH = "/api/public/otel/v1/traces"
 SCORES_PATH = "/api/public/scores"

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from core.helpers import offline_tokenizer
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from tiny_models import build_model
 
 import corevital_otel
 from corevital_otel.plugins import logits as logits_plugin
+from tests.core.helpers import offline_tokenizer
+from tests.support.tiny_models import build_model
 
 from .helpers import step_events
 
@@ -117,7 +117,7 @@ def test_nothing_user_written_leaves_the_process_by_default(otlp_receiver, token
 
 
 def _strings_of(span: Any) -> list[str]:
-    from core.otlp_receiver import attributes
+    from tests.support.otlp_receiver import attributes
 
     values: list[Any] = list(attributes(span.attributes).values())
     for event in span.events:

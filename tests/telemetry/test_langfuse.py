@@ -13,14 +13,14 @@ import time
 from typing import Any
 
 import pytest
-from core.helpers import run_python
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel import ConfigError
 from corevital_otel.integrations.langfuse import Score, scores_from
+from tests.core.helpers import run_python
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .langfuse_fake import SCORES_PATH, TRACES_PATH, langfuse_clients, langfuse_server, langfuse_view
 
@@ -249,7 +249,7 @@ ZERO_CONFIG_APP = """
 import torch
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from tiny_models import build_model, prompt_batch
+from tests.support.tiny_models import build_model, prompt_batch
 
 import corevital_otel
 

@@ -16,9 +16,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from tiny_models import VOCAB, build_model, prompt_batch
 
 import corevital_otel
+from tests.support.tiny_models import VOCAB, build_model, prompt_batch
 
 # The GenAI metric conventions: unit and ExplicitBucketBoundaries of each standard metric.
 GENAI_METRICS = {

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core.helpers import eos_and_pad, run_python, scripted
-from core.otlp_receiver import attributes, exporting_providers
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -20,10 +18,12 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel.telemetry import DURATION_BUCKETS, TOKEN_BUCKETS
+from tests.core.helpers import eos_and_pad, run_python, scripted
+from tests.support.otlp_receiver import attributes, exporting_providers
+from tests.support.tiny_models import build_model, prompt_batch
 
 SERVICE = "corevital-otlp-protocols"
 MAX_NEW = 4
@@ -114,7 +114,7 @@ def test_span_and_metrics_arrive_decoded(exported):
 
 APP = """
 import torch
-from tiny_models import build_model, prompt_batch
+from tests.support.tiny_models import build_model, prompt_batch
 
 torch.set_num_threads(1)
 ids, mask = prompt_batch(batch=1)

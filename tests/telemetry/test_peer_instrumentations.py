@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 import transformers
-from core.helpers import offline_tokenizer, run_python
-from core.otlp_receiver import attributes, exporting_providers
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.trace import SpanKind
-from tiny_models import build_model
 
 import corevital_otel
+from tests.core.helpers import offline_tokenizer, run_python
+from tests.support.otlp_receiver import attributes, exporting_providers
+from tests.support.tiny_models import build_model
 
 from .helpers import ResultsSpy
 
@@ -111,8 +111,8 @@ ZERO_CODE_APP = """
 import torch
 import transformers
 from opentelemetry import trace
-from core.helpers import offline_tokenizer
-from tiny_models import build_model
+from tests.core.helpers import offline_tokenizer
+from tests.support.tiny_models import build_model
 
 torch.set_num_threads(1)
 model = build_model("gpt2")
@@ -261,8 +261,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from core.helpers import offline_tokenizer
-from tiny_models import build_model
+from tests.core.helpers import offline_tokenizer
+from tests.support.tiny_models import build_model
 
 # No GPU here: a stand-in NVML answers OpenLIT's GPU queries for one device.
 memory = types.SimpleNamespace(free=30 * 2**30, total=80 * 2**30, used=50 * 2**30)

@@ -12,7 +12,6 @@ import pytest
 import torch
 import transformers
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from tiny_models import VOCAB
 
 import corevital_otel
 from corevital_otel import GenerationResults, hookimpl
@@ -20,6 +19,7 @@ from corevital_otel.config import resolve_options
 from corevital_otel.demo_model import DEMO_MODEL_DIR
 from corevital_otel.export import budget
 from corevital_otel.export.events import STEP_EVENT
+from tests.support.tiny_models import VOCAB
 
 KIB = 1024
 HEALTHY_PROMPT = "    def __repr__(self):\n        return '<%s %r>' % (self.__class__.__name__, "

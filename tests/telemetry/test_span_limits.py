@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from in_memory_telemetry import Telemetry
 from opentelemetry.sdk.trace import SpanLimits
-from tiny_models import build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel.plugins import health as health_plugin
 from corevital_otel.plugins import logits as logits_plugin
+from tests.support.in_memory_telemetry import Telemetry
+from tests.support.tiny_models import build_model, prompt_batch
 
 from .helpers import Filler, ResultsSpy, long_context_gpt2, step_events
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_models import build_model, prompt_batch
 
 from corevital_otel.plugins import logits as logits_plugin
+from tests.support.tiny_models import build_model, prompt_batch
 
 PREFILL_SECONDS = 0.2
 DECODE_SECONDS = 0.02

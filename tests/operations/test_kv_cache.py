@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers
-from core.helpers import generation_span, metric_points
-from tiny_models import _COMMON_DECODER, build_model, prompt_batch
 
 import corevital_otel
 from corevital_otel.plugins import kv_cache
+from tests.core.helpers import generation_span, metric_points
+from tests.support.tiny_models import _COMMON_DECODER, build_model, prompt_batch
 
 PROMPT, NEW = 6, 4
 FLOAT32 = 4

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from tiny_models import _COMMON_DECODER
 
 from corevital_otel import StepSeries, row_values
+from tests.support.tiny_models import _COMMON_DECODER
 
 
 def llama(layers: int = 2, seed: int = 0) -> torch.nn.Module:

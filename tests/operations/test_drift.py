@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from core.helpers import metric_points
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from tiny_models import build_model
 
 from corevital_otel import GenerationResults, hookimpl
 from corevital_otel.plugins import baseline, drift
+from tests.core.helpers import metric_points
+from tests.support.tiny_models import build_model
 
 WARMUP = 4
 OPTIONS = {"drift": {"fraction": 0.5, "min_samples": WARMUP, "signals": ["entropy"]}}

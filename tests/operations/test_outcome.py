@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from core.helpers import generation_span, metric_points
-from tiny_models import VOCAB, build_model
 
 import corevital_otel
 from corevital_otel.plugins import outcome
+from tests.core.helpers import generation_span, metric_points
+from tests.support.tiny_models import VOCAB, build_model
 
 from .helpers import EOS, ids, script_rows, word_tokenizer
 

@@ -27,7 +27,7 @@ class Table:
     rows: list[dict[str, str]]
 
     def column(self, name: str) -> list[str]:
-        return [_unquote(row[name]) for row in self.rows]
+        return [unquote(row[name]) for row in self.rows]
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Contract:
         return {name for name in names if self.match(name, documented) is None}
 
 
-def _unquote(cell: str) -> str:
+def unquote(cell: str) -> str:
     codes = _CODE.findall(cell)
     return codes[0] if codes else cell.strip()
 
@@ -107,16 +107,16 @@ def load(text: str | None = None) -> Contract:
         if first != "name":  # a table of placeholder values, e.g. the step series
             contract.placeholder_values.setdefault(first, []).extend(table.column(first))
         elif table.heading.startswith("Span attributes"):
-            contract.span_attributes.update({_unquote(row["name"]): row["type"] for row in table.rows})
+            contract.span_attributes.update({unquote(row["name"]): row["type"] for row in table.rows})
         elif table.heading.startswith("Span event"):
-            attributes = contract.events.setdefault(_unquote(table.heading), {})
-            attributes.update({_unquote(row["name"]): row["type"] for row in table.rows})
+            attributes = contract.events.setdefault(unquote(table.heading), {})
+            attributes.update({unquote(row["name"]): row["type"] for row in table.rows})
         elif table.heading == "Metrics":
             for row in table.rows:
                 names = {code for code in _CODE.findall(row["attributes"]) if "." in code}
                 if "base" in row["attributes"]:
                     names.update(BASE_METRIC_ATTRIBUTES)
-                contract.metrics[_unquote(row["name"])] = MetricContract(
+                contract.metrics[unquote(row["name"])] = MetricContract(
                     row["kind"].strip(), row["unit"].strip(), names
                 )
     return contract

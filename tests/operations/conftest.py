@@ -4,4 +4,4 @@ The core tests' fixtures serve here too: every test starts and ends uninstrument
 ``otlp_receiver`` is an in-process OTLP/HTTP receiver.
 """
 
-from core.conftest import _never_left_instrumented, otlp_receiver  # noqa: F401
+from tests.core.conftest import _never_left_instrumented  # noqa: F401

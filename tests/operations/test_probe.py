@@ -11,12 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from core.helpers import metric_points, subprocess_env
-from core.otlp_receiver import attributes
-from tiny_models import build_model
 
 from corevital_otel import cli
 from corevital_otel.canary import NEEDLE_NAME, NEEDLE_VALUE, Canary, Probe, needle_prompt
+from tests.core.helpers import metric_points, subprocess_env
+from tests.support.otlp_receiver import attributes
+from tests.support.tiny_models import build_model
 
 from .helpers import word_tokenizer
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from core import contract
-from core import test_contract as core_contract
-from tiny_models import build_model
 
 import corevital_otel
 from corevital_otel.canary import Canary, Probe
+from tests.core import test_contract as core_contract
+from tests.support import contract
+from tests.support.tiny_models import build_model
 
 from .helpers import word_tokenizer
 

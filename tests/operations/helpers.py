@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.helpers import scripted
-from tiny_models import VOCAB
 from transformers import PreTrainedTokenizerFast
+
+from tests.core.helpers import scripted
+from tests.support.tiny_models import VOCAB
 
 # Ids 0-2 are the tiny models' pad/bos/eos (llama, gpt2); these words follow, the rest are w<id>.
 WORDS = (".", "I", "cannot", "help", "with", "that", "{", "}", '"')
