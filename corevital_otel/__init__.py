@@ -14,7 +14,7 @@ from .content import register_tokenizer
 from .families import FamilyCard, family_card, family_names
 from .hookspecs import hookimpl, hookspec
 from .results import GenerationInfo, GenerationResults, StepSeries, row_values
-from .telemetry_types import MetricSpec
+from .telemetry_types import InterventionSignal, MetricSpec
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "FamilyCard",
     "GenerationInfo",
     "GenerationResults",
+    "InterventionSignal",
     "MetricSpec",
     "Options",
     "PromptCapture",

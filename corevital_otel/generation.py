@@ -45,6 +45,7 @@ from .results import GenerationInfo, GenerationResults, StepSeries
 from .series import SeriesCollector
 from .step_dispatch import StepDispatcher
 from .telemetry import Telemetry
+from .telemetry_types import InterventionSignal
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Runtime:
     telemetry: Telemetry
     # Failures at instrument() time (a plugin that could not declare its metrics): every call lost them.
     setup_failures: list[PluginFailure] = field(default_factory=list)
+    # Intervention policies the plugins offer, by name (options.intervene picks some of them).
+    interventions: Mapping[str, InterventionSignal] = field(default_factory=dict)
     # Capture kinds whose failure was logged: once per instrumentation, not once per call.
     logged_capture_failures: set[str] = field(default_factory=set)
 
@@ -130,7 +133,7 @@ class GenerationCall:
         self.tokenizer = None if no_content else self.info.tokenizer
         # Interventions stop rows through transformers' stopping criteria, which beam search applies
         # to whole beams differently: not offered there.
-        policies = policies_for(options.intervene, options.intervention_risk_threshold)
+        policies = policies_for(options.intervene, options.intervention_risk_threshold, runtime.interventions)
         self.intervention = InterventionRecord(policies) if policies and request.num_beams == 1 else None
         if options.on_step is not None:
             self.info.live_series = None

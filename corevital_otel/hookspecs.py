@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from .capture.records import PromptCapture, StepBlock, StepCapture
     from .results import GenerationInfo, GenerationResults, StepSeries
-    from .telemetry_types import MetricSpec
+    from .telemetry_types import InterventionSignal, MetricSpec
 
 PROJECT_NAME = "corevital_otel"
 ENTRY_POINT_GROUP = "corevital_otel"
@@ -47,6 +47,15 @@ class CoreVitalHookSpecs:
         Called once when instrumentation starts; the core creates each instrument once. A plugin records
         values with ``results.record_metric(name, value, attributes)``; recording an undeclared name is an
         error that the core counts against the plugin.
+        """
+
+    @hookspec
+    def corevital_declare_interventions(self) -> list[InterventionSignal]:
+        """Offer intervention policies: each names a step series this plugin returns from
+        ``corevital_steps`` whose value stops a row once it reaches the policy's threshold.
+
+        Called once when instrumentation starts; ``instrument(intervene=[...])`` may only name declared
+        policies. The series must be computed whenever ``info.consumed_live`` says it is read live.
         """
 
     @hookspec

@@ -20,7 +20,7 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from . import patching
-from .config import Options, resolve_options
+from .config import ConfigError, Options, resolve_options
 from .content import register_tokenizer
 
 if TYPE_CHECKING:
@@ -108,7 +108,16 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         # counted and reported on every span.
         failures: list[PluginFailure] = list(plugins.load_failures)
         declared = {name: spec for name, (_, spec) in plugins.declared_metrics(failures).items()}
-        runtime = Runtime(options, plugins, Telemetry(tracer_provider, meter_provider, declared), failures)
+        interventions = plugins.declared_interventions(failures)
+        unknown = sorted(options.intervene - set(interventions))
+        if unknown:  # before anything is patched
+            offered = ", ".join(sorted(interventions)) or "none"
+            raise ConfigError(
+                f"intervene (COREVITAL_INTERVENE): no loaded plugin offers polic(ies) {', '.join(unknown)}"
+                f" (offered: {offered})"
+            )
+        telemetry = Telemetry(tracer_provider, meter_provider, declared)
+        runtime = Runtime(options, plugins, telemetry, failures, interventions)
         self.runtime = runtime
         run = functools.partial(run_instrumented, runtime)
         patching.wrap_all(

@@ -15,13 +15,7 @@ from typing import Any
 
 import torch
 
-# policy name -> step series a plugin produces; a row stops when the value reaches the threshold
-POLICY_SIGNALS: Mapping[str, str] = {
-    "nan": "health.nonfinite",
-    "repetition": "health.repetition",
-    "risk": "risk.running",
-}
-POLICIES = tuple(POLICY_SIGNALS)
+from .telemetry_types import InterventionSignal
 
 
 @dataclass(frozen=True)
@@ -31,11 +25,18 @@ class InterventionPolicy:
     threshold: float
 
 
-def policies_for(names: frozenset[str], risk_threshold: float) -> tuple[InterventionPolicy, ...]:
+def policies_for(
+    names: frozenset[str], configured_threshold: float, offered: Mapping[str, InterventionSignal]
+) -> tuple[InterventionPolicy, ...]:
+    """The chosen policies among those plugins offer (checked at instrument() time), in name order."""
     return tuple(
-        InterventionPolicy(name, POLICY_SIGNALS[name], risk_threshold if name == "risk" else 0.5)
-        for name in POLICIES
-        if name in names
+        InterventionPolicy(
+            name,
+            offered[name].series,
+            configured_threshold if offered[name].threshold is None else offered[name].threshold,
+        )
+        for name in sorted(names)
+        if name in offered
     )
 
 

@@ -22,7 +22,7 @@ import pluggy
 from .config import ConfigError
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, CoreVitalHookSpecs
 from .plugin_options import check_plugin_options
-from .telemetry_types import MetricSpec
+from .telemetry_types import InterventionSignal, MetricSpec
 
 logger = logging.getLogger(__name__)
 # The phase a plugin failure is reported under when the plugin could not even be registered.
@@ -197,6 +197,22 @@ class PluginHost:
                 self._caller("corevital_check_options", implementation.plugin_name)(options=options)
             except (ValueError, TypeError) as error:
                 raise ConfigError(f"plugin {implementation.plugin_name!r}: {error}") from error
+
+    def declared_interventions(self, failures: list[PluginFailure]) -> dict[str, InterventionSignal]:
+        """All offered intervention policies by name; a second plugin offering a name is a failure."""
+        declared: dict[str, tuple[str, InterventionSignal]] = {}
+        for plugin, signals in self.call_each("corevital_declare_interventions", failures):
+            for signal in signals or ():
+                if not isinstance(signal, InterventionSignal):
+                    error = TypeError(repr(signal))
+                    self.record_failure(failures, plugin, "corevital_declare_interventions", error)
+                elif signal.policy in declared:
+                    first = declared[signal.policy][0]
+                    error = ValueError(f"policy {signal.policy!r} already declared by {first!r}")
+                    self.record_failure(failures, plugin, "corevital_declare_interventions", error)
+                else:
+                    declared[signal.policy] = (plugin, signal)
+        return {policy: signal for policy, (_, signal) in declared.items()}
 
     def declared_metrics(self, failures: list[PluginFailure]) -> dict[str, tuple[str, MetricSpec]]:
         """All declared metrics by name, with the declaring plugin; duplicates are failures."""

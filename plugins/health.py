@@ -22,6 +22,7 @@ import torch
 from corevital_otel import (
     GenerationInfo,
     GenerationResults,
+    InterventionSignal,
     MetricSpec,
     StepBlock,
     StepCapture,
@@ -250,6 +251,15 @@ def publish_flags(
         elif counted and fired:
             _flag_high_entropy_steps(series, results, thresholds)
     results.set("corevital.health.flags", tuple(raised), important=True)
+
+
+@hookimpl
+def corevital_declare_interventions() -> list[InterventionSignal]:
+    """Stop a row at its first NaN/Inf (``nan``) or once a repetition loop is under way (``repetition``)."""
+    return [
+        InterventionSignal("nan", "health.nonfinite"),
+        InterventionSignal("repetition", "health.repetition"),
+    ]
 
 
 @hookimpl

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
+from corevital_otel import (
+    GenerationInfo,
+    GenerationResults,
+    InterventionSignal,
+    MetricSpec,
+    StepBlock,
+    StepSeries,
+    hookimpl,
+)
 from corevital_otel.plugins import _inputs, _options, _risk_features, _risk_model
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._risk_model import DEFAULT, CalibrationError, RiskModel, model_for
@@ -189,6 +197,12 @@ def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.T
 
 
 # -- after generation ----------------------------------------------------------------------------
+
+
+@hookimpl
+def corevital_declare_interventions() -> list[InterventionSignal]:
+    """Stop a row once its running risk reaches the user's ``intervention_risk_threshold`` (``risk``)."""
+    return [InterventionSignal("risk", "risk.running", threshold=None)]
 
 
 @hookimpl

@@ -11,12 +11,17 @@ from tests.support.tiny_models import build_model, prompt_batch
 
 
 class SignalAt:
-    """A plugin raising the ``health.repetition`` signal for row 0 from step ``at`` on."""
+    """A plugin raising the ``health.repetition`` signal for row 0 from step ``at`` on, and offering the
+    ``repetition`` policy on it (the built-in health plugin is off in these tests)."""
 
     COREVITAL_PLUGIN_NAME = "signal_at"
 
     def __init__(self, at: int) -> None:
         self.at = at
+
+    @corevital_otel.hookimpl
+    def corevital_declare_interventions(self):
+        return [corevital_otel.InterventionSignal("repetition", "health.repetition")]
 
     @corevital_otel.hookimpl
     def corevital_step(self, step):
@@ -79,3 +84,22 @@ def test_unknown_policy_names_are_rejected(monkeypatch, value):
     with pytest.raises(ConfigError, match="COREVITAL_INTERVENE"):
         corevital_otel.instrument()
     assert not corevital_otel.is_instrumented()
+
+
+def test_a_policy_no_loaded_plugin_offers_is_refused_at_instrument_time():
+    refused = r"no loaded plugin offers polic\(ies\) risk \(offered: repetition\)"
+    with pytest.raises(ConfigError, match=refused):
+        corevital_otel.instrument(plugins=[SignalAt(at=0)], builtin_plugins=False, intervene=["risk"])
+    assert not corevital_otel.is_instrumented()
+
+
+def test_the_built_in_plugins_offer_nan_repetition_and_risk():
+    from corevital_otel.plugin_host import PluginHost
+
+    offered = PluginHost.load().declared_interventions([])
+    assert {name: (s.series, s.threshold) for name, s in offered.items()} == {
+        "nan": ("health.nonfinite", 0.5),
+        "repetition": ("health.repetition", 0.5),
+        "risk": ("risk.running", None),
+    }
+

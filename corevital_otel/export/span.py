@@ -106,10 +106,11 @@ def outcome_attributes(done: FinishedGeneration) -> dict[str, Any]:
         "corevital.steps.count": done.series.steps,
         "corevital.sequences.count": done.rows,
     }
+    # No gen_ai.response.model: for a local model it only repeats the request's, and Phoenix turns it into
+    # an output of {"model": ...} that reads like the generation's output when content capture is off.
     if done.error is None:
         attributes[names.USAGE_OUTPUT_TOKENS] = completion.total_output_tokens
         attributes[names.RESPONSE_FINISH_REASONS] = tuple(completion.finish_reasons)
-        attributes[names.RESPONSE_MODEL] = done.request.model_name
     else:
         attributes[names.ERROR] = error_type(done.error)
     first_token, per_token = decode_timing(done.series)

@@ -52,7 +52,6 @@ def test_span_follows_contract_with_padding_and_scripted_eos(family, instrumente
         "gen_ai.operation.name": "text_completion",
         "gen_ai.provider.name": "huggingface",
         "gen_ai.request.model": family,
-        "gen_ai.response.model": family,
         "gen_ai.request.max_tokens": MAX_NEW,
         "gen_ai.request.choice.count": 1,
         "corevital.request.num_beams": 1,

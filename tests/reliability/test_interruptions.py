@@ -27,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from corevital_otel import generation, hookimpl
 from corevital_otel.capture.active import ACTIVE_CAPTURE
 from corevital_otel.capture.layers import locate_layout
+from corevital_otel.plugins import health as health_plugin
 from corevital_otel.plugins import logits as logits_plugin
 from tests.core.helpers import assert_no_hooks, generation_span, offline_tokenizer
 from tests.support.tiny_models import build_model, prompt_batch
@@ -111,7 +112,7 @@ def test_sigint_anywhere_leaves_nothing_behind(site, instrumented, default_sigin
     ids, mask = prompt_batch(batch=2)
     reference = greedy(model, ids, mask, MAX_NEW)
     handles = [] if site in PLUGIN_SITES else _hook_model(model, site)
-    plugins = [SignalOncePlugin(site), logits_plugin]
+    plugins = [SignalOncePlugin(site), logits_plugin, health_plugin]  # health offers the nan policy
     telemetry = instrumented(plugins=plugins, builtin_plugins=False, intervene={"nan"})
 
     with pytest.raises(KeyboardInterrupt):
@@ -329,7 +330,8 @@ def test_an_interrupt_on_any_line_of_our_code_leaves_nothing_behind(instrumented
     model = build_model("gpt2")
     ids, mask = prompt_batch(batch=2)
     reference = greedy(model, ids, mask, MAX_NEW)
-    options = {} if full_scale() else {"plugins": [logits_plugin], "builtin_plugins": False}
+    # Sampled: logits and health (which offers the nan policy) only.
+    options = {} if full_scale() else {"plugins": [logits_plugin, health_plugin], "builtin_plugins": False}
     telemetry = instrumented(intervene={"nan"}, **options)
     spans = _OpenSpans()
     telemetry.tracer_provider.add_span_processor(spans)

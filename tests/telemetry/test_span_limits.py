@@ -36,7 +36,6 @@ GEN_AI = (
     "gen_ai.usage.input_tokens",
     "gen_ai.usage.output_tokens",
     "gen_ai.response.finish_reasons",
-    "gen_ai.response.model",
 )
 # Core bookkeeping that says what the span holds and what it left out.
 CORE = (
