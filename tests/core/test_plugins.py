@@ -48,6 +48,8 @@ def test_hookspecs_are_documented_and_marker_is_public():
 
 
 def test_plugin_object_registered_at_instrument(quiet, recorder):
+    import transformers.modeling_utils  # noqa: F401 - instrument() activates now, not on a later import
+
     telemetry = quiet(recorder)
     assert CoreVitalInstrumentor().runtime.plugins.names == ["recorder"]
     ids, mask = prompt_batch(batch=1)
