@@ -18,6 +18,13 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_INPUT_MESSAGES as INPUT_MESSAGES,
+)
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_OUTPUT_MESSAGES as OUTPUT_MESSAGES,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -81,3 +88,24 @@ def output_messages(
 def token_texts(tokenizer: Any, tokens: Sequence[int]) -> tuple[str, ...]:
     """Text of single tokens (one per row); unknown tokens (-1) give ""."""
     return tuple("" if token < 0 else str(tokenizer.decode([token])) for token in tokens)
+
+
+def span_content(
+    span: Any, mode: str, tokenizer: Any, request: Any, completion: Any, generated: torch.Tensor | None
+) -> tuple[dict[str, Any], str | None]:
+    """The prompt/completion messages for the span's attributes when ``mode`` puts them there (they go to
+    the details event when it asks for events), and what could not be captured, if anything."""
+    if mode == "NO_CONTENT":
+        return {}, None
+    if tokenizer is None:
+        return {}, "content: no tokenizer known (pass tokenizer= or use register_tokenizer)"
+    messages: dict[str, Any] = {}
+    if request.input_ids is not None:
+        messages[INPUT_MESSAGES] = input_messages(tokenizer, request.input_ids, request.attention_mask)
+    if generated is not None:
+        messages[OUTPUT_MESSAGES] = output_messages(
+            tokenizer, generated, completion.output_tokens, completion.finish_reasons
+        )
+    if in_events(mode) and messages:
+        span.add_event(DETAILS_EVENT, messages)
+    return (messages if in_spans(mode) else {}), None

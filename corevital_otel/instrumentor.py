@@ -24,7 +24,7 @@ from .config import ConfigError, Options, resolve_options
 from .content import register_tokenizer
 
 if TYPE_CHECKING:
-    from .generation import Runtime
+    from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,9 @@ class CoreVitalInstrumentor(BaseInstrumentor):
 
     def _activate(self, options: Options, tracer_provider: Any, meter_provider: Any) -> None:
         from .capture.attention import attention_function
-        from .generation import Runtime, run_instrumented
+        from .generation import run_instrumented
         from .plugin_host import PluginFailure, PluginHost
+        from .runtime import Runtime
         from .telemetry import Telemetry
 
         extra_plugins = options.plugins

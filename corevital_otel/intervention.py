@@ -99,3 +99,39 @@ def make_stopping_criterion(
             return record.update(step, outputs, rows, input_ids.device)
 
     return CoreVitalIntervention()
+
+
+def apply_stops(record: InterventionRecord | None, completion: Any, results: Any) -> list[str]:
+    """Mark rows an intervention stopped (finish reason ``intervention``, tokens up to the stop) and say
+    so in ``results``; return the policy of each stop."""
+    if record is None:
+        return []
+    stops = record.on_host()
+    for row, stop in enumerate(stops):
+        if stop is not None and row < len(completion.finish_reasons):
+            completion.finish_reasons[row] = "intervention"
+            # The row kept the tokens of steps 0..stop_step; what follows is padding.
+            completion.output_tokens[row] = min(completion.output_tokens[row], stop[0] + 1)
+    results.set("corevital.intervention.stopped", any(stop is not None for stop in stops))
+    results.set_rows("corevital.intervention.reasons", [stop[1] if stop else "" for stop in stops])
+    results.set_rows("corevital.intervention.steps", [stop[0] if stop else -1 for stop in stops])
+    for stop in stops:
+        if stop is not None:
+            results.flag_step(stop[0], f"intervention:{stop[1]}")
+    return [stop[1] for stop in stops if stop is not None]
+
+
+def with_stopping_criterion(
+    kwargs: dict,
+    deliver_now: Callable[[torch.Tensor], tuple[int, Mapping[str, torch.Tensor]] | None],
+    record: InterventionRecord | None,
+) -> dict:
+    """generate()'s keyword arguments plus our stopping criterion (after the caller's own) when there is
+    an intervention ``record`` to fill; the caller's arguments as they are otherwise."""
+    if record is None:
+        return kwargs
+    from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+    existing = kwargs.get("stopping_criteria") or []
+    criterion = make_stopping_criterion(deliver_now, record)
+    return {**kwargs, "stopping_criteria": StoppingCriteriaList([*existing, criterion])}

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from . import speculative
+from .families import model_family
 from .model_names import ModelNameOption, model_name
+from .results import GenerationInfo
 
 
 @dataclass
@@ -37,6 +39,24 @@ class GenerationRequest:
     @property
     def batch_size(self) -> int:
         return self.prompt_shape[0] if self.prompt_shape is not None else 1
+
+    def describe(self, layout: Any, options: Any, model: Any) -> GenerationInfo:
+        """What plugins are told about this call before its first forward pass."""
+        fanout = self.num_beams if self.num_beams > 1 else self.num_return_sequences
+        return GenerationInfo(
+            model_name=self.model_name,
+            model_type=self.model_type,
+            family=model_family(self.model_type),
+            is_encoder_decoder=self.is_encoder_decoder,
+            num_layers=layout.num_layers,
+            num_heads=layout.num_heads,
+            rows=self.batch_size * fanout,
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+            capture_mode=options.capture_mode,
+            options=options.plugin_options,
+            model=model,
+        )
 
 
 def _eos_ids(value: Any) -> tuple[int, ...]:

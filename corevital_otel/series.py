@@ -44,6 +44,26 @@ class SeriesCollector:
         """One step's ``(rows, ...)`` value."""
         self.add_block(step, name, value.unsqueeze(0))
 
+    def host_series(
+        self,
+        steps: int,
+        rows: int,
+        generated: torch.Tensor | None,
+        output_tokens: list[int],
+        seconds: list[float],
+    ) -> StepSeries:
+        """The step series on the host, with the chosen tokens and the mask of real steps (a row's steps
+        end with its generated tokens; ``generated`` None when the rows cannot be matched, e.g. beams)."""
+        mask = np.ones((steps, rows), dtype=bool)
+        tokens = np.full((steps, rows), -1, dtype=np.int64)
+        if generated is not None:
+            host = generated.cpu().numpy()
+            width = min(steps, host.shape[1])
+            tokens[:width] = host[:, :width].T
+            for row, length in enumerate(output_tokens[:rows]):
+                mask[length:, row] = False
+        return self.to_host(steps, mask, tokens, np.asarray(seconds[:steps], dtype=np.float64))
+
     def to_host(self, steps: int, mask: np.ndarray, tokens: np.ndarray, seconds: np.ndarray) -> StepSeries:
         stacked = {name: _assemble(chunks, 0, steps) for name, chunks in self._chunks.items() if chunks}
         arrays: dict[str, np.ndarray] = {}

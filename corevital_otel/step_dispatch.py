@@ -66,6 +66,18 @@ class StepDispatcher:
         self.per_step_plugins = bool(plugins.implementations("corevital_step"))
         self.last_outputs: dict[str, torch.Tensor] = {}  # the newest step's values (for interventions)
 
+    def deliver_prompt(self, prompt: Any) -> dict[str, Any]:
+        """Run the plugins' prompt phase; the attribute values they returned, merged."""
+        merged: dict[str, Any] = {}
+        phase = "corevital_prompt"
+        for plugin, values in self.plugins.call_each(phase, self.failures, info=self.info, prompt=prompt):
+            if values is not None and not isinstance(values, Mapping):
+                error = TypeError(f"prompt values must be a mapping, not {type(values).__name__}")
+                self.plugins.record_failure(self.failures, plugin, phase, error)
+            elif values:
+                merged.update(values)
+        return merged
+
     def _accepted(self, plugin: str, phase: str, values: Any, leading: tuple[int, ...]):
         if values is None:
             return

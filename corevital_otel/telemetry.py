@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import Meter
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 
 from .telemetry_types import MetricSpec
 from .version import __version__
@@ -16,7 +17,8 @@ logger = logging.getLogger(__name__)
 INSTRUMENTATION_NAME = "corevital_otel"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
 
-# Bucket boundaries recommended by the OpenTelemetry GenAI metric conventions.
+# Bucket boundaries the OpenTelemetry GenAI metric conventions recommend (the semantic-conventions package
+# carries the names, not the boundaries).
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -24,28 +26,28 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 
 CORE_METRICS = (
     MetricSpec(
-        "gen_ai.client.operation.duration",
+        gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION,
         "s",
         "histogram",
         "Duration of generate() calls.",
         DURATION_BUCKETS,
     ),
     MetricSpec(
-        "gen_ai.client.token.usage",
+        gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE,
         "{token}",
         "histogram",
         "Tokens used, by gen_ai.token.type.",
         TOKEN_BUCKETS,
     ),
     MetricSpec(
-        "gen_ai.server.time_to_first_token",
+        gen_ai_metrics.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN,
         "s",
         "histogram",
         "Time until the first token's logits.",
         TTFT_BUCKETS,
     ),
     MetricSpec(
-        "gen_ai.server.time_per_output_token",
+        gen_ai_metrics.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN,
         "s",
         "histogram",
         "Decode time per token after the first.",

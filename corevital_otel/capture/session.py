@@ -46,6 +46,23 @@ class CaptureSwitches:
     prompt: bool = True
     prompt_max_tokens: int = 1024
 
+    @classmethod
+    def for_layout(cls, options: Any, layout: Any) -> tuple[CaptureSwitches, list[str]]:
+        """What the options ask to capture, less what this model's layout cannot give; and why not."""
+        lost = []
+        if not layout.layers:
+            lost.append("hidden_states and attention: decoder layers not found")
+        elif options.capture_attention and not layout.self_attention:
+            lost.append("attention: no self-attention module found in the decoder layers")
+        switches = cls(
+            logits=options.capture_logits,
+            hidden_states=options.capture_hidden_states and bool(layout.layers),
+            attention=options.capture_attention and bool(layout.self_attention),
+            prompt=options.capture_prompt,
+            prompt_max_tokens=options.prompt_max_tokens,
+        )
+        return switches, lost
+
 
 # Cache layers that only ever append keys (a sliding window's evictions show as a key count that stops
 # growing). Any other layer (quantized, indexed, static...) may rewrite keys a stashed row was scored on.
@@ -231,6 +248,20 @@ class CaptureSession:
             self.deliver_block(block)
         release_freed_memory(sum(_host_bytes(b.attention) + _host_bytes(b.logits) for b in blocks))
         return blocks[-1] if blocks else None
+
+    def lost_capture(self, steps: int) -> list[str]:
+        """What this call's capture lost: hooks that never ran although steps did, and capture failures."""
+        lost = []
+        if self.switches.attention and steps and not self.attention_steps and not self.failures:
+            # Models with their own attention code (e.g. Bloom, Falcon) never call transformers' registry;
+            # a compiled forward looked the attention function up once, while it was traced.
+            lost.append(
+                "attention: no attention call went through transformers' AttentionInterface"
+                " (the model's own attention code, or a compiled forward)"
+            )
+        if self.switches.hidden_states and steps and not self.hidden_steps and not self.failures:
+            lost.append("hidden_states: no decoder-layer hook ran (a compiled forward runs none)")
+        return lost + [f"{kind}: {why}" for kind, why in self.failures.items()]
 
     def fail(self, kind: str, error: BaseException) -> None:
         if kind not in self.failures:

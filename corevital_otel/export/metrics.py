@@ -7,11 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..plugin_host import PluginFailure
 from . import names
-from .span import decode_timing, error_type
+from .span import FinishedGeneration, decode_timing, error_type
 
 if TYPE_CHECKING:
-    from ..request import Completion
-    from ..results import GenerationResults, StepSeries
     from ..telemetry import Telemetry
 
 
@@ -26,18 +24,15 @@ def metric_base(model_name: str) -> dict[str, Any]:
 
 def record_metrics(
     telemetry: Telemetry,
-    model_name: str,
-    completion: Completion,
-    series: StepSeries,
-    results: GenerationResults,
+    done: FinishedGeneration,
     duration: float,
-    error: BaseException | None,
     failures: list[PluginFailure],
     capture_failures: Iterable[str],
     interventions: Iterable[str],
 ) -> None:
     """Record every metric point of one generation (call inside the span's context: exemplars link it)."""
-    base = metric_base(model_name)
+    completion, series, results, error = done.completion, done.series, done.results, done.error
+    base = metric_base(done.request.model_name)
     outcome = base if error is None else {**base, names.ERROR: error_type(error)}
     telemetry.record(names.CLIENT_OPERATION_DURATION, duration, outcome)
     telemetry.record(names.CLIENT_TOKEN_USAGE, completion.input_tokens, {**base, names.TOKEN_TYPE: "input"})
