@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Install the real backends the live test tier uses where this machine allows: Prometheus and promtool
-# from Debian (tests/backends). Idempotent and quick when they are there already. A slow or unreachable
-# mirror must not fail CI: it is reported, and the tests that need the binaries skip, saying why.
+# Install the real backends the live test tier uses where this machine allows: the Collector and Jaeger
+# built with Go (scripts/build_go_backends.sh), Prometheus and promtool from Debian (tests/backends).
+# Idempotent and quick when they are there already. A slow or unreachable mirror must not fail CI: it is
+# reported, and the tests that need the binaries skip, saying why.
 set -uo pipefail
+
+bash "$(dirname "$0")/build_go_backends.sh"
 
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
     echo "install_backends: $(prometheus --version 2>&1 | head -n1)"

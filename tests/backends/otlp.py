@@ -53,15 +53,19 @@ class ExportedSpan:
         return [attributes(event.attributes) for event in self.span.events if event.name == name]
 
 
+def spans_of(resource_spans_list: Any) -> list[ExportedSpan]:
+    """The spans of OTLP ResourceSpans messages (an export request's, or a TracesData's)."""
+    found = []
+    for resource_spans in resource_spans_list:
+        resource = attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            found += [ExportedSpan(resource, scope.name, scope.version, span) for span in scope_spans.spans]
+    return found
+
+
 def spans(requests: list[Recorded]) -> list[ExportedSpan]:
     found = []
     for request in requests:
-        export = ExportTraceServiceRequest.FromString(request.body)
-        for resource_spans in export.resource_spans:
-            resource = attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                scope = scope_spans.scope
-                found += [
-                    ExportedSpan(resource, scope.name, scope.version, span) for span in scope_spans.spans
-                ]
+        found += spans_of(ExportTraceServiceRequest.FromString(request.body).resource_spans)
     return found
