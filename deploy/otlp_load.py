@@ -199,7 +199,9 @@ def send(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--endpoint", default="http://127.0.0.1:4318", help="OTLP/HTTP base URL (loopback)")
     parser.add_argument("--size", choices=("small", "medium", "long", "healthy", "looping"), default="medium")
     parser.add_argument("--count", type=int, default=1000, help="spans to send (at most)")
@@ -209,7 +211,12 @@ def main() -> None:
     arguments = parser.parse_args()
     template = capture(arguments.size)
     result = send(
-        arguments.endpoint, template, arguments.count, arguments.seconds, arguments.batch, arguments.concurrency
+        arguments.endpoint,
+        template,
+        arguments.count,
+        arguments.seconds,
+        arguments.batch,
+        arguments.concurrency,
     )
     print(json.dumps({"size": arguments.size, "span_bytes": len(template.body), **result.summary()}))
 

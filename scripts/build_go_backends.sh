@@ -5,7 +5,8 @@
 # Binaries go OUTSIDE the repository, one folder per version, so a fresh clone (CI) reuses them:
 #   $COREVITAL_BACKENDS_DIR/otelcol-corevital-<dist.version>-<manifest hash>/otelcol-corevital
 #   $COREVITAL_BACKENDS_DIR/jaeger-<JAEGER_VERSION>/jaeger
-# (default $HOME/.cache/corevital-otel/backends; tests/backends/go_backends.py looks there). The hash is
+# (default $HOME/.cache/corevital-otel/backends; tests/backends/go_backends.py looks there), and links
+# $COREVITAL_BACKENDS_DIR/bin/{otelcol-corevital,jaeger} to the builds of this checkout's versions. The hash is
 # of the manifest without its comment lines, so adding a component rebuilds. A binary that is already
 # there for that version is not rebuilt; Go's module and build caches make a rebuild after a
 # version change quicker. A build that fails writes BUILD-FAILED beside where the binary would be (the
@@ -24,6 +25,12 @@ if ! command -v go >/dev/null 2>&1; then
     echo "build_go_backends: no go toolchain here; the Collector and Jaeger tiers will skip" >&2
     exit 0
 fi
+
+# link BINARY: $backends/bin/<its name> -> BINARY, for people starting the stack by hand.
+link() {
+    mkdir -p "$backends/bin"
+    ln -sfn "$1" "$backends/bin/$(basename "$1")"
+}
 
 # run_build NAME COMMAND...: runs the build, on failure writes BUILD-FAILED in $out with the error.
 run_build() {
@@ -51,6 +58,7 @@ build_collector() {
     out="$backends/otelcol-corevital-$collector_version-$manifest_hash"
     if [ -x "$out/otelcol-corevital" ]; then
         echo "build_go_backends: otelcol-corevital $collector_version already built ($out)"
+        link "$out/otelcol-corevital"
         return 0
     fi
     mkdir -p "$out"
@@ -61,7 +69,7 @@ build_collector() {
     # The manifest's output_path is relative to the checkout: build in a scratch folder instead.
     sed "s#^  output_path: .*#  output_path: $work#" "$manifest" >"$work/manifest.yaml"
     if run_build "otelcol-corevital $collector_version" "$out/tools/builder" --config "$work/manifest.yaml"; then
-        install -m 0755 "$work/otelcol-corevital" "$out/otelcol-corevital"
+        install -m 0755 "$work/otelcol-corevital" "$out/otelcol-corevital" && link "$out/otelcol-corevital"
     fi
     rm -rf "$work"
 }
@@ -70,6 +78,7 @@ build_jaeger() {
     out="$backends/jaeger-$JAEGER_VERSION"
     if [ -x "$out/jaeger" ]; then
         echo "build_go_backends: jaeger $JAEGER_VERSION already built ($out)"
+        link "$out/jaeger"
         return 0
     fi
     mkdir -p "$out"
@@ -81,7 +90,7 @@ build_jaeger() {
             run_build "jaeger $JAEGER_VERSION" sh -c \
                 "go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION &&
                  go build -trimpath -o '$work/jaeger' github.com/jaegertracing/jaeger/cmd/jaeger"
-    ) && install -m 0755 "$work/jaeger" "$out/jaeger"
+    ) && install -m 0755 "$work/jaeger" "$out/jaeger" && link "$out/jaeger"
     rm -rf "$work"
 }
 

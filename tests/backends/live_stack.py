@@ -5,9 +5,11 @@ variables the configs read. Stopped when the test is done."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -105,7 +108,9 @@ class RunningJaeger:
     def services(self) -> list[str]:
         return _get_json(f"{self.query}/api/v3/services").get("services") or []
 
-    def traces(self, service: str, limit: int = 1000, since: timedelta = timedelta(hours=1)) -> list[otlp.ExportedSpan]:
+    def traces(
+        self, service: str, limit: int = 1000, since: timedelta = timedelta(hours=1)
+    ) -> list[otlp.ExportedSpan]:
         """Every span of the service's traces started in the last ``since`` (/api/v3/traces)."""
         now = datetime.now(UTC)
         params = {
@@ -173,8 +178,21 @@ def jaeger(binary: Path | str, workdir: Path) -> Iterator[RunningJaeger]:
     base = f"http://127.0.0.1:{query}"
     with _process([str(binary), f"--config={JAEGER_CONFIG}"], env, f"{base}/api/v3/services", log):
         yield RunningJaeger(
-            base, f"127.0.0.1:{grpc}", f"http://127.0.0.1:{http}", f"http://127.0.0.1:{telemetry}/metrics", log
+            base,
+            f"127.0.0.1:{grpc}",
+            f"http://127.0.0.1:{http}",
+            f"http://127.0.0.1:{telemetry}/metrics",
+            log,
         )
+
+
+def load_generator() -> ModuleType:
+    """deploy/otlp_load.py, the bounded loopback load generator, as a module."""
+    spec = importlib.util.spec_from_file_location("otlp_load", ROOT / "deploy" / "otlp_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_collector() -> Path:

@@ -33,7 +33,9 @@ def _generate(collector: live_stack.RunningCollector) -> None:
     """Two generations, their spans and metrics sent to the Collector over OTLP/HTTP."""
     resource = Resource.create({"service.name": SERVICE})
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.otlp_http}/v1/traces")))
+    tracer_provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.otlp_http}/v1/traces"))
+    )
     reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{collector.otlp_http}/v1/metrics"))
     meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
     corevital_otel.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
@@ -41,7 +43,9 @@ def _generate(collector: live_stack.RunningCollector) -> None:
         model = build_model("gpt2")
         ids, mask = prompt_batch(batch=1)
         for new_tokens in (3, 4):
-            model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            model.generate(
+                ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+            )
     finally:
         corevital_otel.uninstrument()
         tracer_provider.shutdown()
@@ -56,7 +60,9 @@ def test_the_langfuse_overlay_sends_our_traces_as_langfuse_expects(tmp_path: Pat
             "LANGFUSE_PUBLIC_KEY": KEYS[0],
             "LANGFUSE_SECRET_KEY": KEYS[1],
         }
-        with live_stack.collector(otelcol, [COLLECTOR_BASE, COLLECTOR_LANGFUSE], tmp_path, environment) as collector:
+        with live_stack.collector(
+            otelcol, [COLLECTOR_BASE, COLLECTOR_LANGFUSE], tmp_path, environment
+        ) as collector:
             _generate(collector)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len(otlp.spans(langfuse.requests)) < 2:

@@ -81,7 +81,9 @@ def test_collector_has_exactly_the_manifest_components() -> None:
     binary = os.environ.get("COREVITAL_TEST_OTELCOL") or built.path
     if binary is None:
         pytest.skip(built.problem)
-    result = subprocess.run([str(binary), "components"], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [str(binary), "components"], capture_output=True, text=True, timeout=60, check=True
+    )
     listed = yaml.safe_load(result.stdout)
     manifest = yaml.safe_load(COLLECTOR_MANIFEST.read_text())
     for section in COMPONENT_SECTIONS:
@@ -91,4 +93,3 @@ def test_collector_has_exactly_the_manifest_components() -> None:
     providers = {entry["gomod"].split()[0] for entry in manifest["providers"]}
     assert {provider["module"].split()[0] for provider in listed["providers"]} == providers
     assert listed["buildinfo"]["version"] == manifest["dist"]["version"]
-

@@ -10,28 +10,19 @@ bounds of that share."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from . import live_stack, span_facts
-from .repo import COLLECTOR_AGENT, COLLECTOR_BASE, COLLECTOR_SAMPLER, ROOT
+from .repo import COLLECTOR_AGENT, COLLECTOR_BASE, COLLECTOR_SAMPLER
 
 RISKY, HEALTHY = 30, 300
 SHARE_PERCENT = 10
 HASH_SALT = "default-hash-seed"  # the probabilistic policy's default (sampler.yaml sets none)
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("otlp_load", ROOT / "deploy" / "otlp_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def in_share(trace_id: str, percent: float, salt: str = HASH_SALT) -> bool:
@@ -58,9 +49,11 @@ def test_the_hash_matches_a_known_fnv1a_value() -> None:
 
 def test_risky_traces_and_the_configured_share_reach_jaeger(tmp_path: Path) -> None:
     otelcol, jaeger_binary = live_stack.require_collector(), live_stack.require_jaeger()
-    load = load_generator()
+    load = live_stack.load_generator()
     risky, healthy = load.capture("looping"), load.capture("healthy")
-    assert span_facts.kept_by_the_sampler(risky.attributes, failed=False), risky.attributes.get(span_facts.RISK)
+    assert span_facts.kept_by_the_sampler(risky.attributes, failed=False), risky.attributes.get(
+        span_facts.RISK
+    )
     assert not span_facts.kept_by_the_sampler(healthy.attributes, failed=False), (
         healthy.attributes.get(span_facts.RISK),
         span_facts.flags_fired(healthy.attributes),
@@ -73,15 +66,21 @@ def test_risky_traces_and_the_configured_share_reach_jaeger(tmp_path: Path) -> N
             "COREVITAL_GATEWAY_SAMPLE_PERCENT": str(SHARE_PERCENT),
         }
         samplers = [
-            stack.enter_context(live_stack.collector(otelcol, [COLLECTOR_BASE, COLLECTOR_SAMPLER], tmp_path, sampler_env))
+            stack.enter_context(
+                live_stack.collector(otelcol, [COLLECTOR_BASE, COLLECTOR_SAMPLER], tmp_path, sampler_env)
+            )
             for _ in range(2)
         ]
         agent_env = {"COREVITAL_GATEWAY_SAMPLERS": "[" + ", ".join(s.otlp_grpc for s in samplers) + "]"}
-        agent = stack.enter_context(live_stack.collector(otelcol, [COLLECTOR_BASE, COLLECTOR_AGENT], tmp_path, agent_env))
+        agent = stack.enter_context(
+            live_stack.collector(otelcol, [COLLECTOR_BASE, COLLECTOR_AGENT], tmp_path, agent_env)
+        )
         sent_risky = load.send(agent.otlp_http, risky, RISKY, seconds=60, batch=5, concurrency=2)
         sent_healthy = load.send(agent.otlp_http, healthy, HEALTHY, seconds=60, batch=10, concurrency=2)
         assert (sent_risky.spans_sent, sent_healthy.spans_sent) == (RISKY, HEALTHY)
-        expected = set(sent_risky.trace_ids) | {t for t in sent_healthy.trace_ids if in_share(t, SHARE_PERCENT)}
+        expected = set(sent_risky.trace_ids) | {
+            t for t in sent_healthy.trace_ids if in_share(t, SHARE_PERCENT)
+        }
         found = _wait_for_traces(jaeger, expected, timeout=60)
         time.sleep(4)  # a decision wait and a flush longer: a trace that should not come would have come
         found = {span.span.trace_id.hex() for span in jaeger.traces("corevital-load", limit=2000)}
