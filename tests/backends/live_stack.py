@@ -45,14 +45,16 @@ def scrape(url: str) -> dict[str, float]:
 
 
 @contextmanager
-def _process(command: list[str], environment: dict[str, str], ready_url: str, log: Path) -> Iterator[None]:
+def _process(
+    command: list[str], environment: dict[str, str], ready_url: str, log: Path
+) -> Iterator[subprocess.Popen]:
     with log.open("w") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **environment}, cwd=ROOT
         )
     try:
         wait_http(ready_url, 60, process, log)
-        yield
+        yield process
     finally:
         stop(process)
 
@@ -64,9 +66,17 @@ class RunningCollector:
     prometheus: str  # the prometheus exporter's /metrics
     telemetry: str  # the Collector's own /metrics
     log: Path
+    pid: int
 
     def own_metrics(self) -> dict[str, float]:
         return scrape(self.telemetry)
+
+    def peak_rss_mib(self) -> float:
+        """The process' peak resident memory so far (VmHWM)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmHWM for process {self.pid}")
 
 
 @contextmanager
@@ -87,13 +97,14 @@ def collector(
     }
     log = workdir / f"collector-{grpc}.log"
     command = [str(binary), *(f"--config={path}" for path in configs)]
-    with _process(command, env, f"http://127.0.0.1:{health}/", log):
+    with _process(command, env, f"http://127.0.0.1:{health}/", log) as process:
         yield RunningCollector(
             f"127.0.0.1:{grpc}",
             f"http://127.0.0.1:{http}",
             f"http://127.0.0.1:{prometheus}/metrics",
             f"http://127.0.0.1:{telemetry}/metrics",
             log,
+            process.pid,
         )
 
 
@@ -163,9 +174,10 @@ def _spans(document: dict[str, Any]) -> list[otlp.ExportedSpan]:
 
 
 @contextmanager
-def jaeger(binary: Path | str, workdir: Path) -> Iterator[RunningJaeger]:
-    """Jaeger v2 with deploy/jaeger.yaml on free loopback ports."""
+def jaeger(binary: Path | str, workdir: Path, otlp_grpc_port: int | None = None) -> Iterator[RunningJaeger]:
+    """Jaeger v2 with deploy/jaeger.yaml on free loopback ports (its OTLP gRPC one may be given)."""
     query, query_grpc, grpc, http, telemetry = (free_port() for _ in range(5))
+    grpc = otlp_grpc_port or grpc
     env = {
         "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{query}",
         "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{query_grpc}",

@@ -3,6 +3,7 @@ scope, attributes and events as plain Python values."""
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,15 @@ def spans_of(resource_spans_list: Any) -> list[ExportedSpan]:
     return found
 
 
+def body(request: Recorded) -> bytes:
+    """The request's protobuf, gunzipped when it came compressed (the Collector's exporters gzip)."""
+    if request.headers.get("content-encoding") == "gzip":
+        return gzip.decompress(request.body)
+    return request.body
+
+
 def spans(requests: list[Recorded]) -> list[ExportedSpan]:
     found = []
     for request in requests:
-        found += spans_of(ExportTraceServiceRequest.FromString(request.body).resource_spans)
+        found += spans_of(ExportTraceServiceRequest.FromString(body(request)).resource_spans)
     return found

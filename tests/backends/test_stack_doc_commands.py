@@ -23,11 +23,12 @@ _BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 
 
 def section_blocks(heading: str) -> list[str]:
-    """The bash blocks of the section that starts with ``heading`` (up to the next heading of its level)."""
+    """The bash blocks of the section that starts with ``heading`` (up to the next heading of its level
+    or above)."""
     text = STACK_DOC.read_text()
-    level = heading.split(" ", 1)[0]
+    level = len(heading.split(" ", 1)[0])
     start = text.index(f"\n{heading}\n")
-    following = re.search(rf"\n{level} ", text[start + len(heading) + 2 :])
+    following = re.search(rf"\n#{{1,{level}}} ", text[start + len(heading) + 2 :])
     body = text[start : start + len(heading) + 2 + following.start()] if following else text[start:]
     return _BLOCK.findall(body)
 
