@@ -19,7 +19,7 @@ backends="${COREVITAL_BACKENDS_DIR:-$HOME/.cache/corevital-otel/backends}"
 manifest="collector-config/builder-config.yaml"
 collector_version="$(sed -n 's/^  version: *//p' "$manifest" | head -n1)"
 manifest_hash="$(grep -v '^[[:space:]]*#' "$manifest" | sha256sum | cut -c1-12)"
-build_timeout="${COREVITAL_GO_BUILD_TIMEOUT:-2400}"  # seconds per build: a stuck proxy costs minutes
+build_timeout="${COREVITAL_GO_BUILD_TIMEOUT:-1500}"  # seconds per build: CI has 90 minutes in all
 
 if ! command -v go >/dev/null 2>&1; then
     echo "build_go_backends: no go toolchain here; the Collector and Jaeger tiers will skip" >&2

@@ -128,18 +128,23 @@ class RunningJaeger:
             "query.service_name": service,
             "query.start_time_min": (now - since).isoformat().replace("+00:00", "Z"),
             "query.start_time_max": (now + timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
-            "query.search_depth": str(limit),
+            "query.num_traces": str(limit),
         }
-        return _spans(_get_json(f"{self.query}/api/v3/traces?{urllib.parse.urlencode(params)}"))
+        return _spans_or_none(f"{self.query}/api/v3/traces?{urllib.parse.urlencode(params)}")
 
     def trace(self, trace_id: str) -> list[otlp.ExportedSpan]:
         """The spans of one trace (hex id); empty when Jaeger has none."""
-        try:
-            return _spans(_get_json(f"{self.query}/api/v3/traces/{trace_id}"))
-        except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return []
-            raise
+        return _spans_or_none(f"{self.query}/api/v3/traces/{trace_id}")
+
+
+def _spans_or_none(url: str) -> list[otlp.ExportedSpan]:
+    """The spans of an /api/v3/traces answer; Jaeger answers 404 when it found no trace."""
+    try:
+        return _spans(_get_json(url))
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return []
+        raise
 
 
 def _get_json(url: str) -> Any:
