@@ -8,7 +8,8 @@ embedded demo model, capture mode summary, 16 tokens), ``medium`` (demo model, f
 demo's healthy and looping prompts, full, 48 tokens). Each trace sent is that span with a fresh trace
 and span id, ``--batch`` spans per request. A request the Collector refuses (HTTP 429/502/503/504, e.g.
 its memory limiter) is retried with backoff, as the SDKs do, until ``--seconds`` are up; the count of
-refusals and of spans finally not accepted is reported, so nothing is lost silently. Bounded in count
+refusals, of spans finally not accepted and of spans not tried when time ran out is reported, so nothing
+is lost silently. Bounded in count
 and time, and it sends only to a loopback address.
 """
 
@@ -103,7 +104,8 @@ def capture(size: str) -> Template:
 @dataclass
 class Result:
     spans_sent: int = 0  # accepted by the receiver
-    spans_lost: int = 0  # never accepted before the time ran out, or refused for good
+    spans_lost: int = 0  # tried but never accepted: refused for good, or still refused when time ran out
+    spans_unsent: int = 0  # never tried: the time ran out first
     requests: int = 0
     refusals: int = 0  # retryable answers (memory limiter, overload), each followed by a retry
     bytes_sent: int = 0
@@ -162,7 +164,7 @@ def send(
             return 503  # a dropped connection is retried like a refusal
 
     def worker() -> None:
-        while True:
+        while time.monotonic() < deadline:
             with lock:
                 item = next(requests, None)
             if item is None:
@@ -193,8 +195,7 @@ def send(
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
     result.seconds = time.monotonic() - started
-    unsent = count - result.spans_sent - result.spans_lost  # the deadline came first
-    result.spans_lost += unsent
+    result.spans_unsent = count - result.spans_sent - result.spans_lost
     return result
 
 

@@ -33,11 +33,12 @@ from tests.backends.repo import COLLECTOR_BASE  # noqa: E402
 from tests.backends.tiers import free_port  # noqa: E402
 
 SENT = "otelcol_exporter_sent_spans_total"
+JAEGER = {"exporter": "otlp_grpc/jaeger"}  # not the debug exporter's counts
 
 
 def _drain(collector: live_stack.RunningCollector, total: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and collector.own_metrics().get(SENT, 0) < total:
+    while time.monotonic() < deadline and collector.own_metrics(**JAEGER).get(SENT, 0) < total:
         time.sleep(0.2)
 
 
@@ -53,7 +54,7 @@ def throughput(load, templates: dict, rounds: int, seconds: float, workdir: Path
                     result = load.send(collector.otlp_http, template, 10**6, seconds, batch=8, concurrency=4)
                     _drain(collector, result.spans_sent, timeout=120)
                     elapsed = time.monotonic() - started
-                    counters = collector.own_metrics()
+                    counters = collector.own_metrics(**JAEGER)
                     rss = round(collector.peak_rss_mib(), 1)
             rate = counters.get(SENT, 0) / elapsed
             rates[size].append(rate)
@@ -114,7 +115,7 @@ def overload(load, template, limit_mib: int, outage: float, count: int, workdir:
         context, jaeger = jaeger_box[0]
         try:
             _drain(collector, result.spans_sent, timeout=180)
-            counters = collector.own_metrics()
+            counters = collector.own_metrics(**JAEGER)
             rss = round(collector.peak_rss_mib(), 1)
             found = sum(1 for trace_id in result.trace_ids if jaeger.trace(trace_id))
         finally:
@@ -150,12 +151,15 @@ def main() -> None:
         "--overload-count", type=int, default=1500, help="long spans sent in the overload run"
     )
     parser.add_argument("--skip", choices=("throughput", "overload"), action="append", default=[])
+    parser.add_argument("--sizes", default="small,medium,long", help="span sizes of the throughput runs")
     arguments = parser.parse_args()
     load = live_stack.load_generator()
-    templates = {size: load.capture(size) for size in ("small", "medium", "long")}
+    sizes = arguments.sizes.split(",")
+    templates = {size: load.capture(size) for size in dict.fromkeys([*sizes, "long"])}
     with tempfile.TemporaryDirectory() as directory:
         if "throughput" not in arguments.skip:
-            throughput(load, templates, arguments.rounds, arguments.seconds, Path(directory))
+            chosen = {size: templates[size] for size in sizes}
+            throughput(load, chosen, arguments.rounds, arguments.seconds, Path(directory))
         if "overload" not in arguments.skip:
             overload(
                 load,

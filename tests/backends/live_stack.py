@@ -33,14 +33,16 @@ from .tiers import free_port, stop, wait_http
 JAEGER_CONFIG = ROOT / "deploy" / "jaeger.yaml"
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text at ``url`` -> sample name -> the sum over its label sets."""
+def scrape(url: str, **only: str) -> dict[str, float]:
+    """Prometheus text at ``url`` -> sample name -> the sum over its label sets, leaving out samples whose
+    label named in ``only`` has another value (``exporter="otlp_grpc/jaeger"``: not the debug exporter's)."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            if all(sample.labels.get(label, value) == value for label, value in only.items()):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
 
 
@@ -68,8 +70,9 @@ class RunningCollector:
     log: Path
     pid: int
 
-    def own_metrics(self) -> dict[str, float]:
-        return scrape(self.telemetry)
+    def own_metrics(self, **only: str) -> dict[str, float]:
+        """The Collector's own counters, summed (see scrape for ``only``)."""
+        return scrape(self.telemetry, **only)
 
     def peak_rss_mib(self) -> float:
         """The process' peak resident memory so far (VmHWM)."""
