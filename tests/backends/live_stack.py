@@ -139,6 +139,18 @@ class RunningJaeger:
         """The spans of one trace (hex id); empty when Jaeger has none."""
         return _spans_or_none(f"{self.query}/api/v3/traces/{trace_id}")
 
+    def has_trace(self, trace_id: str, span_name: str) -> bool:
+        """Whether Jaeger returns the trace with a span of that name; reads the answer without decoding
+        it (a long generation's trace is ~1 MB of JSON)."""
+        try:
+            with urllib.request.urlopen(f"{self.query}/api/v3/traces/{trace_id}", timeout=60) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return False
+            raise
+        return f'"traceId":"{trace_id}"'.encode() in body and f'"name":"{span_name}"'.encode() in body
+
 
 def _spans_or_none(url: str) -> list[otlp.ExportedSpan]:
     """The spans of an /api/v3/traces answer; Jaeger answers 404 when it found no trace."""
