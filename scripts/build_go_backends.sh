@@ -54,14 +54,20 @@ run_build() {
     return 1
 }
 
-build_collector() {
-    out="$backends/otelcol-corevital-$collector_version-$manifest_hash"
-    if [ -x "$out/otelcol-corevital" ]; then
-        echo "build_go_backends: otelcol-corevital $collector_version already built ($out)"
-        link "$out/otelcol-corevital"
+# already_built BINARY: true (and linked) when $out holds BINARY; else makes $out for the build.
+already_built() {
+    if [ -x "$out/$1" ]; then
+        echo "build_go_backends: $1 already built ($out)"
+        link "$out/$1"
         return 0
     fi
     mkdir -p "$out"
+    return 1
+}
+
+build_collector() {
+    out="$backends/otelcol-corevital-$collector_version-$manifest_hash"
+    already_built otelcol-corevital && return 0
     local work; work="$(mktemp -d)"
     # The builder itself is a Go program: installed into the version's folder, not on PATH.
     GOBIN="$out/tools" go install "go.opentelemetry.io/collector/cmd/builder@v$collector_version" \
@@ -76,12 +82,7 @@ build_collector() {
 
 build_jaeger() {
     out="$backends/jaeger-$JAEGER_VERSION"
-    if [ -x "$out/jaeger" ]; then
-        echo "build_go_backends: jaeger $JAEGER_VERSION already built ($out)"
-        link "$out/jaeger"
-        return 0
-    fi
-    mkdir -p "$out"
+    already_built jaeger && return 0
     local work; work="$(mktemp -d)"
     # Jaeger's go.mod has replace directives, so `go install module@version` is refused: build the
     # command as a tool dependency of a throwaway module instead.

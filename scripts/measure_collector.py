@@ -117,7 +117,8 @@ def overload(load, template, limit_mib: int, outage: float, count: int, workdir:
             _drain(collector, result.spans_sent, timeout=180)
             counters = collector.own_metrics(**JAEGER)
             rss = round(collector.peak_rss_mib(), 1)
-            found = sum(1 for trace_id in result.trace_ids if jaeger.trace(trace_id))
+            name = f"text_completion {template.attributes['gen_ai.request.model']}"
+            found = sum(1 for trace_id in result.trace_ids if jaeger.has_trace(trace_id, name))
         finally:
             context.__exit__(None, None, None)
     refused = {name: value for name, value in counters.items() if "refused" in name or "failed" in name}
