@@ -47,16 +47,27 @@ def shortened_rules(workdir: Path) -> Path:
 
 
 def _generate(prometheus: LivePrometheus) -> None:
+    """One generation per model, seen by Prometheus, then GENERATIONS more: increase() needs the counter
+    at a value before the traffic (a series that appears already at its final value increases by 0)."""
+    traffic = {"demo-looping": LOOPING_PROMPTS, "demo-healthy": (HEALTHY_PROMPT,)}
+    models = {name: load_local_model(DEMO_MODEL_DIR, display_name=name) for name in traffic}
     corevital_otel.instrument(tracer_provider=TracerProvider(), meter_provider=prometheus.meter_provider)
     try:
-        for name, prompts in (("demo-looping", LOOPING_PROMPTS), ("demo-healthy", (HEALTHY_PROMPT,))):
-            model, tokenizer = load_local_model(DEMO_MODEL_DIR, display_name=name)
-            for index in range(GENERATIONS):
-                inputs = tokenizer(prompts[index % len(prompts)], return_tensors="pt")
-                model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        for count in (1, GENERATIONS):
+            for name, prompts in traffic.items():
+                model, tokenizer = models[name]
+                for index in range(count):
+                    inputs = tokenizer(prompts[index % len(prompts)], return_tensors="pt")
+                    model.generate(**inputs, max_new_tokens=48, do_sample=False)
+            prometheus.flush()
+            if count == 1:
+                prometheus.api.wait_for(
+                    "count by (gen_ai_request_model) (corevital_generations_total)",
+                    lambda result: len(result) == len(traffic),
+                    timeout=60,
+                )
     finally:
         corevital_otel.uninstrument()
-    prometheus.flush()
 
 
 @pytest.fixture(scope="module")
