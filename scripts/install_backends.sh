@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install the real backends the live test tier uses where this machine allows:
+#  - the OpenTelemetry Collector and Jaeger, built with Go (scripts/build_go_backends.sh);
 #  - Prometheus and promtool from Debian (tests/backends);
 #  - Chromium from Debian (headless screenshots: tests/backends/test_phoenix.py, scripts/screenshots.py);
 #  - Arize Phoenix from PyPI, in a venv of its own outside the repository (its dependencies are not the
@@ -10,6 +11,8 @@ set -uo pipefail
 
 PHOENIX_VERSION="20.26.1"
 PHOENIX_VENV="${COREVITAL_PHOENIX_VENV:-$HOME/.cache/corevital-otel/backends/phoenix}"
+
+bash "$(dirname "$0")/build_go_backends.sh"
 
 sudo=""
 apt_usable=1

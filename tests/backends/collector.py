@@ -9,12 +9,19 @@ from typing import Any
 
 import yaml
 
-from .repo import COLLECTOR_BASE, COLLECTOR_LANGFUSE
+from .repo import COLLECTOR_AGENT, COLLECTOR_BASE, COLLECTOR_LANGFUSE, COLLECTOR_SAMPLER
 
 ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
 # The overlays a user can add to config.yaml; each combination must be a complete, valid config.
-COMBINATIONS = {"base": (COLLECTOR_BASE,), "base+langfuse": (COLLECTOR_BASE, COLLECTOR_LANGFUSE)}
+COMBINATIONS = {
+    "base": (COLLECTOR_BASE,),
+    "base+langfuse": (COLLECTOR_BASE, COLLECTOR_LANGFUSE),
+    "base+gateway-agent": (COLLECTOR_BASE, COLLECTOR_AGENT),
+    "base+gateway-sampler": (COLLECTOR_BASE, COLLECTOR_SAMPLER),
+}
+# Every shipped config file, overlays included.
+CONFIG_FILES = tuple(dict.fromkeys(path for files in COMBINATIONS.values() for path in files))
 
 
 def merge(base: Any, overlay: Any) -> Any:

@@ -3,6 +3,7 @@ scope, attributes and events as plain Python values."""
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,15 +54,27 @@ class ExportedSpan:
         return [attributes(event.attributes) for event in self.span.events if event.name == name]
 
 
+def spans_of(resource_spans_list: Any) -> list[ExportedSpan]:
+    """The spans of OTLP ResourceSpans messages (an export request's, or a TracesData's)."""
+    found = []
+    for resource_spans in resource_spans_list:
+        resource = attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            found += [ExportedSpan(resource, scope.name, scope.version, span) for span in scope_spans.spans]
+    return found
+
+
+def body(request: Recorded) -> bytes:
+    """The request's protobuf, gunzipped when it came compressed (the Collector's exporters gzip); a
+    body a caller already gunzipped (its header still says gzip) is left as it is."""
+    if request.headers.get("content-encoding") == "gzip" and request.body[:2] == b"\x1f\x8b":
+        return gzip.decompress(request.body)
+    return request.body
+
+
 def spans(requests: list[Recorded]) -> list[ExportedSpan]:
     found = []
     for request in requests:
-        export = ExportTraceServiceRequest.FromString(request.body)
-        for resource_spans in export.resource_spans:
-            resource = attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                scope = scope_spans.scope
-                found += [
-                    ExportedSpan(resource, scope.name, scope.version, span) for span in scope_spans.spans
-                ]
+        found += spans_of(ExportTraceServiceRequest.FromString(body(request)).resource_spans)
     return found

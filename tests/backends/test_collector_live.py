@@ -1,41 +1,45 @@
-"""Live tier: a real Collector (`validate --config`) accepts the shipped configs, alone and with the
-Langfuse overlay, and rejects a broken one."""
+"""Live tier: the Collector built from collector-config/builder-config.yaml (scripts/install_backends.sh)
+accepts every shipped config combination (`validate`), rejects a broken one, and was built with exactly
+the manifest's components (`components`)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from .repo import COLLECTOR
+from . import collector, go_backends
+from .repo import COLLECTOR_BASE, COLLECTOR_MANIFEST, ROOT
 from .tiers import Tier, choose
 
-IMAGE = "otel/opentelemetry-collector-contrib:0.136.0"
+IMAGE = "otel/opentelemetry-collector-contrib:0.161.0"
 ENVIRONMENT = {  # placeholders: validate checks the configuration, it connects to nothing
     "LANGFUSE_HOST": "https://langfuse.invalid",
     "LANGFUSE_PUBLIC_KEY": "pk-lf-placeholder",
     "LANGFUSE_SECRET_KEY": "sk-lf-placeholder",
+    "COREVITAL_GATEWAY_SAMPLERS": "[127.0.0.1:14317, 127.0.0.1:24317]",
 }
-BROKEN = "service:\n  pipelines:\n    traces:\n      exporters: [otlp/nowhere]\n"
+BROKEN = "service:\n  pipelines:\n    traces:\n      exporters: [otlp_grpc/nowhere]\n"
+# `components` lists these sections; the manifest's are the same minus `providers` (listed there too).
+COMPONENT_SECTIONS = ("receivers", "processors", "exporters", "extensions", "connectors")
 
 
-def _validate(tier: Tier, directory: Path, files: tuple[str, ...]) -> tuple[int, str]:
-    arguments = ["validate", *(f"--config={name}" for name in files)]
+def _validate(tier: Tier, files: tuple[Path, ...]) -> tuple[int, str]:
     if tier.kind in ("env", "local"):
         result = subprocess.run(
-            [tier.target, *arguments], cwd=directory, env={**os.environ, **ENVIRONMENT},
-            capture_output=True, text=True, timeout=60, check=False,
+            [tier.target, "validate", *(f"--config={path}" for path in files)],
+            cwd=ROOT, env={**os.environ, **ENVIRONMENT}, capture_output=True, text=True, timeout=60,
+            check=False,
         )  # fmt: skip
         return result.returncode, result.stdout + result.stderr
     from testcontainers.core.container import DockerContainer
 
-    container = DockerContainer(tier.target).with_volume_mapping(str(directory), "/etc/otelcol", "ro")
-    container = container.with_command(
-        " ".join(a.replace("--config=", "--config=/etc/otelcol/") for a in arguments)
-    )
+    mounted = [f"--config=/etc/corevital/{path.relative_to(ROOT)}" for path in files]
+    container = DockerContainer(tier.target).with_volume_mapping(str(ROOT), "/etc/corevital", "ro")
+    container = container.with_command(" ".join(["validate", *mounted]))
     for name, value in ENVIRONMENT.items():
         container = container.with_env(name, value)
     with container:
@@ -45,22 +49,47 @@ def _validate(tier: Tier, directory: Path, files: tuple[str, ...]) -> tuple[int,
 
 
 @pytest.fixture(scope="module")
-def collector() -> Tier:
+def otelcol() -> Tier:
     return choose(
-        "OpenTelemetry Collector", "COREVITAL_TEST_OTELCOL", ("otelcol-corevital", "otelcol-contrib"), IMAGE
+        "OpenTelemetry Collector",
+        "COREVITAL_TEST_OTELCOL",
+        ("otelcol-corevital", "otelcol-contrib"),
+        IMAGE,
+        built=go_backends.collector(),
     )
 
 
-@pytest.mark.parametrize(
-    "files", [("config.yaml",), ("config.yaml", "langfuse.yaml")], ids=["base", "base+langfuse"]
-)
-def test_collector_validates_the_shipped_config(collector: Tier, files: tuple[str, ...]) -> None:
-    code, output = _validate(collector, COLLECTOR, files)
+@pytest.mark.parametrize("files", collector.COMBINATIONS.values(), ids=collector.COMBINATIONS.keys())
+def test_collector_validates_the_shipped_config(otelcol: Tier, files: tuple[Path, ...]) -> None:
+    code, output = _validate(otelcol, files)
     assert code == 0, output
 
 
-def test_collector_rejects_a_broken_config(collector: Tier, tmp_path: Path) -> None:
-    shutil.copy(COLLECTOR / "config.yaml", tmp_path / "config.yaml")
-    (tmp_path / "broken.yaml").write_text(BROKEN)
-    code, _ = _validate(collector, tmp_path, ("config.yaml", "broken.yaml"))
+def test_collector_rejects_a_broken_config(otelcol: Tier) -> None:
+    broken = ROOT / "collector-config" / f".broken-{os.getpid()}.yaml"  # beside config.yaml: one mount
+    broken.write_text(BROKEN)
+    try:
+        code, output = _validate(otelcol, (COLLECTOR_BASE, broken))
+    finally:
+        broken.unlink()
     assert code != 0
+    assert "otlp_grpc/nowhere" in output
+
+
+def test_collector_has_exactly_the_manifest_components() -> None:
+    built = go_backends.collector()
+    binary = os.environ.get("COREVITAL_TEST_OTELCOL") or built.path
+    if binary is None:
+        pytest.skip(built.problem)
+    result = subprocess.run(
+        [str(binary), "components"], capture_output=True, text=True, timeout=60, check=True
+    )
+    listed = yaml.safe_load(result.stdout)
+    manifest = yaml.safe_load(COLLECTOR_MANIFEST.read_text())
+    for section in COMPONENT_SECTIONS:
+        modules = {entry["gomod"].split()[0] for entry in manifest.get(section) or []}
+        found = {component["module"].split()[0] for component in listed.get(section) or []}
+        assert found == modules, section
+    providers = {entry["gomod"].split()[0] for entry in manifest["providers"]}
+    assert {provider["module"].split()[0] for provider in listed["providers"]} == providers
+    assert listed["buildinfo"]["version"] == manifest["dist"]["version"]

@@ -1,39 +1,35 @@
 """Jaeger: the part we own is the OTLP payload a CoreVital span travels in. It is checked here against an
-in-process OTLP/HTTP receiver; a live tier sends it to a real Jaeger and reads it back from Jaeger's API."""
+in-process OTLP/HTTP receiver; a live tier sends it through the built Collector (OTLP gRPC and OTLP HTTP)
+to the built Jaeger and reads it back from Jaeger's /api/v3/traces."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 
 import corevital_otel
 from tests.support.tiny_models import build_model, prompt_batch
 
-from . import otlp
+from . import live_stack, otlp, span_facts
 from .http_recorder import recording
-from .tiers import Tier, choose, stop, wait_http
+from .live_stack import RunningCollector, RunningJaeger
+from .repo import COLLECTOR_BASE
 
 SERVICE = "corevital-jaeger-test"
-IMAGE = "jaegertracing/jaeger:2.10.0"
 
 
-def _traced_generations(exporter: OTLPSpanExporter, instrument_with: Callable[..., object]) -> None:
+def _traced_generations(
+    exporter: SpanExporter, instrument_with: Callable[..., object], service: str = SERVICE
+) -> None:
     """One successful generation inside a caller's span, and one that fails inside generate()."""
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrument_with(provider)
     model = build_model("gpt2")
@@ -98,59 +94,64 @@ def test_failed_generation_in_the_otlp_payload(exported: list[otlp.ExportedSpan]
     assert exception["exception.type"] == "ValueError"
 
 
-# -- live tier ----------------------------------------------------------------------------------------
+# -- live tier: SDK -> Collector -> Jaeger ---------------------------------------------------------------
 
 
-@contextmanager
-def _jaeger(tier: Tier, workdir: Path) -> Iterator[tuple[str, str]]:
-    """(query API base URL, OTLP/HTTP base URL) of a running Jaeger."""
-    if tier.kind == "env":
-        query = tier.target.rstrip("/")
-        host = urllib.parse.urlsplit(query).hostname
-        yield query, os.environ.get("COREVITAL_TEST_JAEGER_OTLP_URL", f"http://{host}:4318")
-    elif tier.kind == "local":  # Jaeger v2's built-in all-in-one configuration, on loopback
-        log = workdir / "jaeger.log"
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                [tier.target],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "JAEGER_LISTEN_HOST": "127.0.0.1"},
-            )
-        try:
-            wait_http("http://127.0.0.1:16686/api/services", 60, process, log)
-            yield "http://127.0.0.1:16686", "http://127.0.0.1:4318"
-        finally:
-            stop(process)
-    else:
-        from testcontainers.core.container import DockerContainer
-
-        with DockerContainer(tier.target).with_exposed_ports(4318, 16686) as container:
-            host = container.get_container_host_ip()
-            query = f"http://{host}:{container.get_exposed_port(16686)}"
-            wait_http(f"{query}/api/services", 60)
-            yield query, f"http://{host}:{container.get_exposed_port(4318)}"
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningCollector, RunningJaeger]]:
+    otelcol, jaeger_binary = live_stack.require_collector(), live_stack.require_jaeger()
+    workdir = tmp_path_factory.mktemp("stack")
+    with live_stack.jaeger(jaeger_binary, workdir) as jaeger:
+        environment = {"JAEGER_OTLP_GRPC_ENDPOINT": jaeger.otlp_grpc}
+        with live_stack.collector(otelcol, [COLLECTOR_BASE], workdir, environment) as collector:
+            yield collector, jaeger
 
 
-def _traces(query: str) -> list[dict]:
-    url = f"{query}/api/traces?{urllib.parse.urlencode({'service': SERVICE, 'limit': 20})}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response).get("data") or []
+def _exporter(protocol: str, collector: RunningCollector) -> SpanExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter(endpoint=collector.otlp_grpc, insecure=True)
+    return OTLPSpanExporter(endpoint=f"{collector.otlp_http}/v1/traces")
 
 
-def test_jaeger_shows_the_generation(instrument_with: Callable[..., object], tmp_path: Path) -> None:
-    tier = choose("Jaeger", "COREVITAL_TEST_JAEGER_URL", ("jaeger",), IMAGE)
-    with _jaeger(tier, tmp_path) as (query, otlp_url):
-        _traced_generations(OTLPSpanExporter(endpoint=f"{otlp_url}/v1/traces"), instrument_with)
-        deadline = time.monotonic() + 30
-        spans: list[dict] = []
-        while time.monotonic() < deadline and not spans:
-            spans = [
-                s for t in _traces(query) for s in t["spans"] if s["operationName"] == "text_completion gpt2"
-            ]
-            time.sleep(0.5)
-    assert spans, "the generation span never reached Jaeger's query API"
-    tags = {tag["key"]: tag["value"] for tag in spans[0]["tags"]}
-    assert tags["gen_ai.request.model"] == "gpt2" and tags["gen_ai.usage.output_tokens"] == 10
-    logged = [{f["key"]: f["value"] for f in log["fields"]} for log in spans[0]["logs"]]
-    assert sum(1 for fields in logged if fields.get("event") == "corevital.step") == 5
+def _wait_for_spans(
+    jaeger: RunningJaeger, service: str, count: int, timeout: float
+) -> list[otlp.ExportedSpan]:
+    deadline = time.monotonic() + timeout
+    spans: list[otlp.ExportedSpan] = []
+    while time.monotonic() < deadline:
+        spans = jaeger.traces(service) if service in jaeger.services() else []
+        if len(spans) >= count:
+            break
+        time.sleep(0.5)
+    return spans
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_jaeger_shows_the_generation_sent_through_the_collector(
+    stack: tuple[RunningCollector, RunningJaeger], instrument_with: Callable[..., object], protocol: str
+) -> None:
+    collector, jaeger = stack
+    service = f"{SERVICE}-{protocol}"
+    _traced_generations(_exporter(protocol, collector), instrument_with, service)
+    spans = _wait_for_spans(jaeger, service, 3, timeout=30)
+    names = sorted(span.span.name for span in spans)
+    expected = ["handle request", "text_completion gpt2", "text_completion gpt2"]
+    assert names == expected, collector.log.read_text()[-3000:]
+    ok, failed = sorted(_generations(spans), key=lambda span: span.span.status.code)
+    assert ok.resource["service.name"] == service
+    assert (ok.scope_name, ok.scope_version) == ("corevital_otel", corevital_otel.__version__)
+    attributes = ok.attributes
+    assert attributes["gen_ai.operation.name"] == "text_completion"
+    assert attributes["gen_ai.request.model"] == "gpt2"
+    assert attributes["gen_ai.usage.output_tokens"] == 10
+    assert attributes["gen_ai.usage.input_tokens"] > 0
+    assert attributes["gen_ai.response.finish_reasons"] == ["length", "length"]
+    assert 0.0 <= span_facts.risk(attributes) <= 1.0
+    assert span_facts.health_attributes(attributes), "no corevital.health.* attribute"
+    steps = ok.events("corevital.step")
+    assert sorted(step["corevital.step.index"] for step in steps) == [0, 1, 2, 3, 4]
+    assert all(len(step["corevital.logits.entropy"]) == 2 for step in steps)
+    assert failed.span.status.code == Status.STATUS_CODE_ERROR
+    assert failed.attributes["error.type"] == "builtins.ValueError"

@@ -20,7 +20,7 @@ import corevital_otel
 from corevital_otel import hookimpl
 from tests.support.tiny_models import build_model, prompt_batch
 
-from . import contract, promql
+from . import contract, live_stack, promql
 from .prometheus_backend import IMAGE, LivePrometheus, live_prometheus
 from .tiers import choose
 
@@ -90,10 +90,12 @@ def _calls_seen(prometheus: LivePrometheus, at_least: int) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
+@pytest.fixture(scope="module", params=["sdk", "collector"])
+def fed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
+    """Prometheus fed straight by the SDK's Prometheus reader, or through the built Collector."""
     tier = choose("Prometheus", "COREVITAL_TEST_PROMETHEUS_URL", ("prometheus",), IMAGE)
-    with live_prometheus(tier, tmp_path_factory.mktemp("prometheus")) as prometheus:
+    collector = live_stack.require_collector() if request.param == "collector" else None
+    with live_prometheus(tier, tmp_path_factory.mktemp("prometheus"), collector) as prometheus:
         corevital_otel.instrument(
             tracer_provider=TracerProvider(),
             meter_provider=prometheus.meter_provider,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from .go_backends import Built
+
 
 @dataclass(frozen=True)
 class Tier:
@@ -38,10 +40,15 @@ def docker_problem() -> str | None:
     return None
 
 
-def choose(backend: str, env_var: str, binaries: tuple[str, ...], image: str | None) -> Tier:
-    """The first available tier for ``backend``; skips the calling test when there is none."""
+def choose(
+    backend: str, env_var: str, binaries: tuple[str, ...], image: str | None, built: Built | None = None
+) -> Tier:
+    """The first available tier for ``backend``; skips the calling test when there is none. ``built`` is
+    the binary scripts/build_go_backends.sh made, tried before those on PATH."""
     if os.environ.get(env_var):
         return Tier("env", os.environ[env_var])
+    if built is not None and built.path is not None:
+        return Tier("local", str(built.path))
     for binary in binaries:
         path = shutil.which(binary)
         if path:
@@ -50,7 +57,8 @@ def choose(backend: str, env_var: str, binaries: tuple[str, ...], image: str | N
     if problem is None and image:
         return Tier("container", image)
     local = f"install {' or '.join(binaries)}, " if binaries else ""
-    pytest.skip(f"no {backend}: set {env_var}, {local}or run a Docker engine — {problem}")
+    why_not_built = f"; {built.problem}" if built is not None else ""
+    pytest.skip(f"no {backend}: set {env_var}, {local}or run a Docker engine — {problem}{why_not_built}")
 
 
 def free_port() -> int:
