@@ -4,9 +4,10 @@
 
 A template span comes from one real instrumented generate() call, captured in memory: ``small`` (the
 embedded demo model, capture mode summary, 16 tokens), ``medium`` (demo model, full, 64 tokens),
-``long`` (a tiny GPT-2 built from its config, full, 2,000 tokens), or ``healthy`` / ``looping`` (the
-demo's healthy and looping prompts, full, 48 tokens). Each trace sent is that span with a fresh trace
-and span id, ``--batch`` spans per request. A request the Collector refuses (HTTP 429/502/503/504, e.g.
+``long`` (a tiny GPT-2 built from its config, full, 2,000 tokens, no byte budget, 500 step events:
+a span as large as users make it, about 400 KB; the default budget keeps spans under 64 KiB), or
+``healthy`` / ``looping`` (the demo's healthy and looping prompts, full, 48 tokens). Each trace sent
+is that span with a fresh trace and span id, ``--batch`` spans per request. A request the Collector refuses (HTTP 429/502/503/504, e.g.
 its memory limiter) is retried with backoff, as the SDKs do, until ``--seconds`` are up; the count of
 refusals, of spans finally not accepted and of spans not tried when time ran out is reported, so nothing
 is lost silently. Bounded in count
@@ -56,7 +57,7 @@ def _generate(size: str) -> list[Any]:
     import transformers
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -66,10 +67,15 @@ def _generate(size: str) -> list[Any]:
 
     torch.manual_seed(0)
     spans = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "corevital-load"}))
+    options: dict = {"capture_mode": "summary" if size == "small" else "full"}
+    limits = SpanLimits()
+    if size == "long":  # the largest span a user can configure: no byte budget, 500 step events
+        options.update(max_span_kib=0, max_step_events=500)
+        limits = SpanLimits(max_events=600)
+    resource = Resource.create({"service.name": "corevital-load"})
+    provider = TracerProvider(resource=resource, span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    mode = "summary" if size == "small" else "full"
-    corevital_otel.instrument(tracer_provider=provider, meter_provider=MeterProvider(), capture_mode=mode)
+    corevital_otel.instrument(tracer_provider=provider, meter_provider=MeterProvider(), **options)
     try:
         if size == "long":
             config = transformers.GPT2Config(

@@ -1,5 +1,6 @@
-"""Live tier: byte-bounded batches, proved with volume. 1,000 long generations (a real 2,000-token span,
-~0.4 MB of OTLP each, under fresh trace ids) go through the built Collector to the built Jaeger, whose
+"""Live tier: byte-bounded batches, proved with volume. 1,000 long generations (a real 2,000-token span
+with no byte budget and 500 step events, the largest a user can configure: ~0.4 MB of OTLP each, under
+fresh trace ids) go through the built Collector to the built Jaeger, whose
 OTLP gRPC receiver keeps gRPC's default 4 MiB message limit. Nothing may be lost: every trace is found
 in Jaeger by its id, and the Collector's own counters show no failed send and no refused span."""
 
