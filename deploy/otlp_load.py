@@ -3,16 +3,15 @@
     python deploy/otlp_load.py --endpoint http://127.0.0.1:4318 --size medium --count 2000 --seconds 60
 
 A template span comes from one real instrumented generate() call, captured in memory: ``small`` (the
-embedded demo model, capture mode summary, 16 tokens), ``medium`` (demo model, full, 64 tokens),
-``long`` (a tiny GPT-2 built from its config, full, 2,000 tokens, no byte budget, 500 step events:
-a span as large as users make it, about 400 KB; the default budget keeps spans under 64 KiB), or
-``healthy`` / ``looping`` (the demo's healthy and looping prompts, full, 48 tokens). Each trace sent
-is that span with a fresh trace and span id, ``--batch`` spans per request. A request the Collector refuses (HTTP 429/502/503/504, e.g.
-its memory limiter) is retried with backoff, as the SDKs do, until ``--seconds`` are up; the count of
-refusals, of spans finally not accepted and of spans not tried when time ran out is reported, so nothing
-is lost silently. Bounded in count
-and time, and it sends only to a loopback address.
-"""
+embedded demo model, capture mode summary, 16 tokens), ``medium`` (demo model, full, 64 tokens), ``long``
+(a tiny GPT-2 built from its config, full, 2,000 tokens, no byte budget, 500 step events: a span as large
+as users make it, about 400 KB; the default budget keeps spans under 64 KiB), or ``healthy`` /
+``looping`` (the demo's healthy and looping prompts, full, 48 tokens). Each trace sent is that span with
+a fresh trace and span id, ``--batch`` spans per request. A request the Collector refuses (HTTP
+429/502/503/504, e.g. its memory limiter) is retried with backoff, as the SDKs do, until ``--seconds``
+are up; the count of refusals, of spans finally not accepted and of spans not tried when time ran out is
+reported, so nothing is lost silently. Bounded in count and time, and it sends only to a loopback
+address."""
 
 from __future__ import annotations
 
