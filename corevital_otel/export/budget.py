@@ -21,7 +21,7 @@ import numpy as np
 from opentelemetry.sdk.trace import SpanLimits
 
 from ..results import GenerationResults, StepSeries
-from .values import OMIT, clean_attribute, encoded_size, first_entry
+from .values import OMIT, clean_attribute, clean_mapping, encoded_size, first_entry
 
 ATTRIBUTES_DROPPED = "corevital.attributes.dropped"
 STEPS_RESOLUTION = "corevital.steps.resolution"
@@ -83,12 +83,8 @@ def plugin_attributes(results: GenerationResults, rows: int, full_detail: bool) 
 
 def rank_all(attributes: Mapping[str, Any], rank: int) -> dict[str, Ranked]:
     """Clean ``attributes`` and give them all one rank (the core's own, the step series)."""
-    ranked = {}
-    for name, value in attributes.items():
-        value = clean_attribute(value)
-        if value is not OMIT:
-            ranked[name] = Ranked(value, rank, encoded_size(name, value))
-    return ranked
+    cleaned = clean_mapping(attributes)
+    return {name: Ranked(value, rank, encoded_size(name, value)) for name, value in cleaned.items()}
 
 
 def _buckets(values: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

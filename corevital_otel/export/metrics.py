@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..plugin_host import PluginFailure
 from . import names
-from .span import FinishedGeneration, decode_timing, error_type
+from .span import FinishedGeneration, error_type
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
@@ -31,7 +31,7 @@ def record_metrics(
     interventions: Iterable[str],
 ) -> None:
     """Record every metric point of one generation (call inside the span's context: exemplars link it)."""
-    completion, series, results, error = done.completion, done.series, done.results, done.error
+    completion, results, error = done.completion, done.results, done.error
     base = metric_base(done.request.model_name)
     outcome = base if error is None else {**base, names.ERROR: error_type(error)}
     telemetry.record(names.CLIENT_OPERATION_DURATION, duration, outcome)
@@ -39,7 +39,7 @@ def record_metrics(
     if error is None:
         output = completion.total_output_tokens
         telemetry.record(names.CLIENT_TOKEN_USAGE, output, {**base, names.TOKEN_TYPE: "output"})
-    first_token, per_token = decode_timing(series)
+    first_token, per_token = done.timing
     if first_token is not None:
         telemetry.record(names.SERVER_TIME_TO_FIRST_TOKEN, first_token, base)
     if per_token is not None:

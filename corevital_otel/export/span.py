@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Status, StatusCode
@@ -92,6 +93,11 @@ class FinishedGeneration:
     token_text: TokenText | None = None  # step tokens' text, only when content goes to events
     lost: list[str] = field(default_factory=list)
 
+    @cached_property
+    def timing(self) -> tuple[float | None, float | None]:
+        """(time to first token, time per output token): computed once for the span and the metrics."""
+        return decode_timing(self.series)
+
     @property
     def full_detail(self) -> bool:
         escalated = self.capture_mode == "on_risk" and bool(self.results.escalations)
@@ -113,7 +119,7 @@ def outcome_attributes(done: FinishedGeneration) -> dict[str, Any]:
         attributes[names.RESPONSE_FINISH_REASONS] = tuple(completion.finish_reasons)
     else:
         attributes[names.ERROR] = error_type(done.error)
-    first_token, per_token = decode_timing(done.series)
+    first_token, per_token = done.timing
     if first_token is not None:
         attributes["corevital.time_to_first_token"] = first_token
     if per_token is not None:
