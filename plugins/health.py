@@ -32,7 +32,7 @@ from corevital_otel import (
 from corevital_otel.plugins._loops import LoopTracker
 from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
 from corevital_otel.plugins._summary import masked, publish, wants_detail
-from corevital_otel.plugins.logits import largest_logit
+from corevital_otel.plugins.logits import largest_logit, positive_infinite_logit
 
 # The threshold profile this plugin reads (plugins/_profiles.py).
 COREVITAL_OPTIONS = {PROFILE_KEY: ProfileOptions}
@@ -59,7 +59,12 @@ def hidden_nonfinite(block: StepBlock) -> tuple[torch.Tensor, torch.Tensor]:
     if "hidden_states.nonfinite" not in block.memo:
         hidden = block.hidden
         assert hidden is not None
-        block.memo["hidden_states.nonfinite"] = (hidden.isnan().any(dim=-1), hidden.isinf().any(dim=-1))
+        # max() propagates NaN; with NaN set aside and -inf mapped to +inf, the max is +inf exactly when some
+        # value is infinite. Two float reductions: bool any() is several times slower on the CPU.
+        inf = float("inf")
+        nan = hidden.amax(dim=-1).isnan()
+        infinite = hidden.nan_to_num(nan=0.0, posinf=inf, neginf=inf).amax(dim=-1) == inf
+        block.memo["hidden_states.nonfinite"] = (nan, infinite)
     return block.memo["hidden_states.nonfinite"]
 
 
@@ -70,9 +75,8 @@ def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     values: dict[str, torch.Tensor] = {}
     found: list[torch.Tensor] = []
     if block.logits is not None:
-        # The largest logit is NaN exactly when some logit is (max propagates NaN): one cheap reduction.
-        nan_logit = largest_logit(block).isnan()
-        logits = torch.stack([nan_logit, block.logits.isposinf().any(dim=-1)], dim=-1)
+        # Both come from the logit plugin's one pass over the block (max propagates NaN).
+        logits = torch.stack([largest_logit(block).isnan(), positive_infinite_logit(block)], dim=-1)
         values["health.logits_nonfinite"] = logits.float()
         found.append(logits.any(dim=-1))
     nan = inf = None

@@ -242,6 +242,8 @@ class CaptureSession:
         blocks = stash.fold()
         if stash.attention_error is not None:
             self.fail("attention", stash.attention_error)
+        if stash.hidden_error is not None:
+            self.fail("hidden_states", stash.hidden_error)
         self.attention_steps += sum(block.steps for block in blocks if block.attention is not None)
         self.hidden_steps += sum(block.steps for block in blocks if block.hidden is not None)
         for block in blocks:
@@ -327,7 +329,7 @@ class CaptureSession:
         try:
             hidden = _first_tensor(output)
             if hidden is not None and hidden.dim() == 3:
-                self._stash.put_hidden(index, hidden.select(1, -1))
+                self._stash.put_hidden(index, hidden)
                 if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                     self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001

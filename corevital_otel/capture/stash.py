@@ -1,9 +1,12 @@
 """The block of steps being captured: buffers the hooks copy each new position into, folded in one pass.
 
-Per step the hooks do only what cannot wait: copy the new position's raw logits, each layer's hidden
-vector and each layer's newest query row into preallocated buffers, and keep a reference to the key
-tensor the layer attended with. Every few steps (and at the end) ``fold`` scores all stashed query rows
-of a layer against its latest keys in one matmul and hands the block on as a :class:`StepBlock`.
+Per step the hooks do only what cannot wait: copy the new position's raw logits into a preallocated
+buffer, and keep references to each layer's output, its query and the key tensor it attended with (a
+decoding step's output and query are fresh one-position tensors: keeping them costs what a copy would
+hold, without an operation per layer and step). Every few steps (and at the end) ``fold`` gathers the
+hidden vectors in one concatenation, scores all stashed query rows of a layer against its latest keys in
+one matmul and hands the block on as a :class:`StepBlock`. A referenced tensor that the model changed in
+place before the fold (its version counter moved) is never read: that capture kind fails for the call.
 
 Scoring later against the latest keys is exact only while the cache is append-only: step ``s``'s keys
 are the first ``n_s`` keys of every later step. A layer whose key count does not grow by one per step
@@ -39,7 +42,8 @@ class _LayerKeys:
     key_count: int | None = None
     scaling: float | None = None
     softcap: float | None = None
-    pending: list[int] = field(default_factory=list)  # slots waiting to be scored against ``key``
+    # Slots waiting to be scored against ``key``: (slot, the query the layer saw, its version then).
+    pending: list[tuple[int, torch.Tensor, int | None]] = field(default_factory=list)
     masks: dict[int, torch.Tensor | None] = field(default_factory=dict)  # slot -> the mask it saw
     # Scored runs of slots: (first slot, weights (n, rows, heads, keys), key counts (n, rows)).
     settled: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
@@ -49,6 +53,26 @@ def _additive(row: torch.Tensor) -> torch.Tensor:
     """A mask row as float32 to add to scores: its own values, -inf where it does not allow a key."""
     values = torch.zeros(row.shape, device=row.device) if row.dtype == torch.bool else row.float()
     return values.masked_fill(~allowed_keys(row), float("-inf"))
+
+
+class ChangedInPlace(RuntimeError):
+    """A tensor the capture kept a reference to was modified in place before it was read."""
+
+
+def _kept(tensor: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """A reference to ``tensor`` and its version; a private copy (version None) for tensors made under
+    ``torch.inference_mode()``, which keep no version counter to check."""
+    if tensor.is_inference():
+        return tensor.clone(), None
+    return tensor, tensor._version
+
+
+def _unchanged(tensor: torch.Tensor, version: int | None) -> torch.Tensor:
+    if version is not None and tensor._version != version:
+        raise ChangedInPlace(
+            f"the model changed a captured {tuple(tensor.shape)} tensor in place before it was read"
+        )
+    return tensor
 
 
 class StepStash:
@@ -61,8 +85,9 @@ class StepStash:
         self.filled = 0  # completed slots; the slot being written is ``filled``
         self.rows: int | None = None
         self.logits: torch.Tensor | None = None
-        self.hidden: torch.Tensor | None = None
-        self.queries: torch.Tensor | None = None
+        # (slot, layer, the layer's output (rows, 1, dim), its version then): gathered at fold.
+        self.hidden_refs: list[tuple[int, int, torch.Tensor, int | None]] = []
+        self.query_bytes_checked = False  # the block's length was fitted to the attention it will score
         self.chosen: torch.Tensor | None = None
         # Per slot (preallocated: the hooks run on every layer of every step, so they stay minimal):
         self.chosen_known = [False] * max_steps
@@ -70,6 +95,7 @@ class StepStash:
         self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
         self.keys = keys  # shared with the session: per-layer state outlives the block
         self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
+        self.hidden_error: Exception | None = None  # gathering failed at fold time: no hidden states
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -77,12 +103,12 @@ class StepStash:
     def full(self) -> bool:
         return self.filled >= self.capacity
 
-    def _allocate(
-        self, shape: tuple[int, ...], like: torch.Tensor, extra_bytes_per_step: int = 0
-    ) -> torch.Tensor:
-        step_bytes = _FLOAT_BYTES * int(torch.Size(shape).numel()) + extra_bytes_per_step
+    def _fit(self, step_bytes: int) -> None:
         if self.filled == 0:  # the block can still be shortened: nothing is stashed beyond slot 0
             self.capacity = min(self.capacity, _capacity_for(step_bytes))
+
+    def _allocate(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        self._fit(_FLOAT_BYTES * int(torch.Size(shape).numel()))
         return torch.empty((self.capacity, *shape), dtype=torch.float32, device=like.device)
 
     def _check_rows(self, rows: int) -> None:
@@ -92,13 +118,14 @@ class StepStash:
             raise ValueError(f"{rows} rows in a forward pass of a {self.rows}-row generation")
 
     def put_hidden(self, layer: int, hidden: torch.Tensor) -> None:
-        """``hidden`` ``(rows, dim)``: layer ``layer``'s output at the new position."""
-        if self.hidden is None:
+        """``hidden`` ``(rows, positions, dim)``: layer ``layer``'s output; its last position is kept."""
+        if not self.hidden_refs:
+            self._fit(_FLOAT_BYTES * self.num_layers * hidden.shape[0] * hidden.shape[2])
+        if hidden.shape[0] != self.rows:
             self._check_rows(hidden.shape[0])
-            self.hidden = self._allocate((self.num_layers, *hidden.shape), hidden)
-        elif hidden.shape[0] != self.rows:  # copy_ would broadcast a single row
-            self._check_rows(hidden.shape[0])
-        self.hidden[self.filled, layer].copy_(hidden)
+        if hidden.shape[1] != 1:  # a prefill pass: keep its last position, not the whole prompt's states
+            hidden = hidden[:, -1:].clone()
+        self.hidden_refs.append((self.filled, layer, *_kept(hidden)))
         self.hidden_layers[self.filled] += 1
 
     def put_logits(self, logits: torch.Tensor) -> None:
@@ -133,12 +160,14 @@ class StepStash:
             )
             state.settled.append((self.filled, probs[None], counts[None]))
         else:
-            if self.queries is None:
+            if not self.query_bytes_checked:
                 rows, heads, _, dim = query.shape
-                weights = self.num_layers * rows * heads * (count + self.capacity) * _FLOAT_BYTES
-                self.queries = self._allocate((self.num_layers, rows, heads, dim), query, weights)
-            self.queries[self.filled, layer].copy_(query.select(2, -1))
-            state.pending.append(self.filled)
+                # The stashed query rows and, at fold, the weights of every layer's rows over its keys.
+                self._fit(self.num_layers * rows * heads * (dim + count + self.capacity) * _FLOAT_BYTES)
+                self.query_bytes_checked = True
+            if query.shape[2] != 1:  # a prefill pass: keep the newest query row only
+                query = query[:, :, -1:].clone()
+            state.pending.append((self.filled, *_kept(query)))
             state.masks[self.filled] = mask
         state.key, state.key_count = key, count
         state.scaling, state.softcap = kwargs.get("scaling"), softcap
@@ -167,13 +196,14 @@ class StepStash:
     def settle(self, layer: int) -> None:
         """Score layer ``layer``'s pending query rows now, against the keys it holds."""
         state = self.keys[layer]
-        if not state.pending or state.key is None or self.queries is None or state.key_count is None:
+        if not state.pending or state.key is None or state.key_count is None:
             state.pending.clear()
             return
-        slots = list(state.pending)
+        slots = [slot for slot, _, _ in state.pending]
+        newest = [_unchanged(query, version) for _, query, version in state.pending]
+        queries = torch.cat(newest, dim=2).float()  # (rows, heads, n, dim): one position each
         last = state.key_count
         first = last - (len(slots) - 1)  # append-only: one more key per pending step
-        queries = self.queries[slots[0] : slots[-1] + 1, layer].permute(1, 2, 0, 3)  # (rows, heads, n, dim)
         positions = torch.arange(last, device=queries.device)
         steps = torch.arange(len(slots), device=queries.device)
         allowed = (positions[None, :] - steps[:, None] < first)[None, None]  # (1, 1, n, keys)
@@ -215,6 +245,10 @@ class StepStash:
             for state in self.keys:
                 state.pending.clear()
                 state.settled.clear()
+        try:
+            hidden = self._hidden(steps)
+        except Exception as error:  # noqa: BLE001 - reported like the attention's
+            self.hidden_error, hidden = error, None
         complete_hidden = [self.hidden_layers[i] == self.num_layers for i in range(steps)]
         complete_attention = [self.attention_layers[i] == self.num_layers for i in range(steps)]
         blocks = []
@@ -226,7 +260,7 @@ class StepStash:
             ):
                 continue
             window = slice(begin, end)
-            has_hidden = self.hidden is not None and complete_hidden[begin]
+            has_hidden = hidden is not None and complete_hidden[begin]
             has_attention = attention is not None and complete_attention[begin]
             blocks.append(
                 StepBlock(
@@ -234,7 +268,7 @@ class StepStash:
                     steps=end - begin,
                     rows=self.rows,
                     logits=None if self.logits is None else self.logits[window],
-                    hidden=self.hidden[window] if has_hidden else None,  # type: ignore[index]
+                    hidden=hidden[window] if has_hidden else None,  # type: ignore[index]
                     attention=attention[window] if has_attention else None,  # type: ignore[index]
                     attention_keys=attention_keys[window] if has_attention else None,  # type: ignore[index]
                     chosen=None if self.chosen is None else self.chosen[window],
@@ -243,6 +277,23 @@ class StepStash:
             )
             begin = end
         return blocks
+
+    def _hidden(self, steps: int) -> torch.Tensor | None:
+        """``(steps, layers, rows, dim)`` float32 hidden vectors at each step's new position."""
+        refs = self.hidden_refs
+        if not refs or self.rows is None:
+            return None
+        first = refs[0][2]
+        hidden = torch.zeros(
+            (steps, self.num_layers, self.rows, first.shape[-1]), dtype=torch.float32, device=first.device
+        )
+        kept = [ref for ref in refs if ref[0] < steps]
+        if kept:  # one position each: one concatenation and one indexed write for the whole block
+            gathered = torch.cat([_unchanged(tensor, version) for _, _, tensor, version in kept], dim=1)
+            slots = torch.tensor([slot for slot, _, _, _ in kept], device=first.device)
+            layers = torch.tensor([layer for _, layer, _, _ in kept], device=first.device)
+            hidden[slots, layers] = gathered.transpose(0, 1).float()
+        return hidden
 
     def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key counts."""
@@ -267,8 +318,17 @@ class StepStash:
             settled.clear()
         return weights, counts
 
+    def held_bytes(self) -> int:
+        """Memory this block keeps alive: its buffers and the storage behind every kept reference."""
+        buffers = [tensor for tensor in (self.logits, self.chosen) if tensor is not None]
+        kept = [tensor for _, _, tensor, _ in self.hidden_refs]
+        kept += [query for state in self.keys for _, query, _ in state.pending]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in buffers + kept}
+        return sum(storages.values())
+
     def release(self) -> None:
         """Drop per-layer references to the model's keys (the block's own buffers go with it)."""
+        self.hidden_refs.clear()
         for state in self.keys:
             state.key = None
             state.pending.clear()

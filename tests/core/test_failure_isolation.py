@@ -180,3 +180,32 @@ def test_capture_failure_never_reaches_the_generation(
         counted[point.attributes["corevital.capture.kind"]] += point.value
     assert counted == {kind: CALLS for kind in kinds}
     assert len(_warnings_about(caplog, "capture exploded")) == len(kinds)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_kept_tensor_changed_in_place_is_never_read(family, quiet):
+    """The capture keeps references to each layer's output and query; a model (or a user's hook) that
+    changes one in place before the block is folded loses that capture kind for the call, said on the
+    span: it is never read as if it were the value the layer produced."""
+    from corevital_otel.plugins import hidden_states as hidden_plugin
+    from tests.support.plugin_testing import decoder_layers
+
+    model = build_model(family)
+    reference = _generate_twice(model)
+    layers = decoder_layers(model)
+    # The second layer's input is the first layer's output: add 0 in place (values unchanged, version +1).
+    def touch(module, args):
+        args[0].add_(0.0)
+
+    handle = layers[1].register_forward_pre_hook(touch)
+    try:
+        telemetry = quiet(logits_plugin, hidden_plugin)
+        outputs = _generate_twice(model)
+    finally:
+        handle.remove()
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    for span in telemetry.generation_spans():
+        (lost,) = span.attributes["corevital.capture.lost"]
+        assert lost.startswith("hidden_states: ChangedInPlace: the model changed a captured"), lost
+        assert "corevital.logits.entropy.mean" in span.attributes
+        assert not any(name.startswith("corevital.hidden") for name in span.attributes)
