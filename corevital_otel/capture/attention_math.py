@@ -60,19 +60,22 @@ def query_probabilities(
             else attention_mask[..., :num_keys]
         )
         allowed = allowed_keys(mask)
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill_(~allowed, float("-inf"))
-        else:
-            scores = scores + mask.float()
+        if mask.dtype != torch.bool:
+            scores += mask.float()
+        # Overwritten, not added: a blocked key's score may be NaN (a padding position, or a key a later
+        # step wrote), and it must not reach the softmax.
+        scores.masked_fill_(~allowed, torch.finfo(torch.float32).min)
     elif is_causal:
         positions = index + (num_keys - q_len)
-        allowed = torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None]
-        scores = scores.masked_fill_(~allowed, float("-inf"))
+        allowed = (torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None])[None, None]
+        scores.masked_fill_(~allowed, torch.finfo(torch.float32).min)
     else:
         return torch.softmax(scores, dim=-1)
+    # Blocked keys get exactly 0 from the softmax (exp of the lowest float); a query with no allowed key
+    # would get uniform weights over keys it may not see: its row is multiplied by 0 (a small broadcast
+    # multiply: a full-size masked fill after the softmax cost a third of the whole scoring on the CPU).
     probs = torch.softmax(scores, dim=-1)
-    # A fully masked query would be NaN from softmax(-inf...); it has no keys, so report zeros.
-    return probs.masked_fill_(~allowed, 0.0)
+    return probs.mul_(allowed.any(dim=-1, keepdim=True))
 
 
 def new_query_probabilities(

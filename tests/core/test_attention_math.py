@@ -1,0 +1,49 @@
+"""The attention weights the capture computes beside the model's kernel: masks, padding and NaN keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corevital_otel.capture.attention_math import query_probabilities
+
+
+def _reference(query, key, allowed):
+    """Softmax over the allowed keys only, computed key by key; zeros for a query with none."""
+    rows, heads, queries, dim = query.shape
+    out = torch.zeros(rows, heads, queries, key.shape[2])
+    for r in range(rows):
+        for h in range(heads):
+            for q in range(queries):
+                keys = allowed[r, 0, q].nonzero().flatten().tolist()
+                if keys:
+                    scores = torch.stack([query[r, h, q] @ key[r, h, k] / dim**0.5 for k in keys])
+                    out[r, h, q, keys] = torch.softmax(scores, dim=0)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_blocked_keys_never_reach_the_softmax_even_when_nan(kind):
+    """A blocked key holding NaN (a padding position, a key a later step wrote) gets weight 0 and leaves
+    the allowed weights exact; a query that may see no key gets zeros, NaN key or not."""
+    torch.manual_seed(0)
+    query, key = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4)
+    key[0, :, 4] = float("nan")
+    key[1, :, 0] = float("nan")
+    allowed = torch.ones(2, 1, 3, 5, dtype=torch.bool)
+    allowed[0, :, :, 4] = False
+    allowed[1, :, :, 0] = False
+    allowed[1, :, 2] = False  # row 1's last query sees nothing
+    mask = allowed if kind == "bool" else torch.zeros(allowed.shape).masked_fill(~allowed, -3.0e38)
+    got = query_probabilities(query, key, mask, None)
+    expected = _reference(query, key, allowed)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, expected)
+    assert (got[1, :, 2] == 0).all()
+
+
+def test_a_nan_query_is_never_made_to_look_clean():
+    query, key = torch.randn(1, 1, 2, 4), torch.randn(1, 1, 3, 4)
+    query[0, 0, 1, 0] = float("nan")
+    got = query_probabilities(query, key, None, None, is_causal=True)
+    assert got[0, 0, 1].isnan().all() and not got[0, 0, 0].isnan().any()
