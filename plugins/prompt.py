@@ -202,19 +202,11 @@ def _attention_chunks(prompt: PromptCapture, layer: int, rows: PromptRows, queri
         yield part, weights[rows.select].float()
 
 
-def _span_mass(weights: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """``(prompts, heads, queries)`` sum of each row's weights at key positions ``first .. last``."""
-    prefix = weights.cumsum(dim=-1)
-    heads, keys = weights.shape[1], weights.shape[-1]
-
-    def at(position: torch.Tensor) -> torch.Tensor:
-        index = position.clamp(0, keys - 1).unsqueeze(1).unsqueeze(-1).expand(-1, heads, -1, 1)
-        return prefix.gather(-1, index).squeeze(-1)
-
-    before = torch.where((first > 0).unsqueeze(1), at(first - 1), torch.zeros((), device=weights.device))
-    return torch.where(
-        (first <= last).unsqueeze(1), at(last) - before, torch.zeros((), device=weights.device)
-    )
+def _middle_weights(first: torch.Tensor, last: torch.Tensor, keys: int) -> torch.Tensor:
+    """``(prompts, queries, keys)`` 1.0 at key positions ``first .. last`` of each query, else 0."""
+    position = torch.arange(keys, device=first.device)
+    inside = (position >= first.unsqueeze(-1)) & (position <= last.unsqueeze(-1))
+    return inside.float()
 
 
 def layer_attention(
@@ -238,13 +230,14 @@ def layer_attention(
     for part, weights in _attention_chunks(prompt, layer, rows, queries):
         if part not in thirds:  # the same for every layer: computed once per chunk
             visible = _visible_keys(rows, part, causal)
-            thirds[part] = (visible, *_middle_thirds(visible))
-        visible, first, last, count = thirds[part]
+            first, last, count = _middle_thirds(visible)
+            thirds[part] = (visible, _middle_weights(first, last, rows.length), count)
+        visible, middle, count = thirds[part]
         real = rows.real[:, part.start : part.stop : part.step]  # (prompts, queries)
         counted = (real & (count >= 3)).float()
-        # Invisible keys have weight 0: a row's total is its visible mass, and a prefix sum gives the
-        # middle third's mass from its two ends.
-        middle_mass = _span_mass(weights, first, last)  # (prompts, heads, queries)
+        # Invisible keys have weight 0: a row's total is its visible mass, and its middle third's mass is
+        # one batched product with the 0/1 span of keys from the third's first to its last position.
+        middle_mass = torch.einsum("phqk,pqk->phq", weights, middle)
         boundary_mass = weights.sum(dim=-1) - middle_mass
         uniform_middle = (2 * count // 3 - count // 3) / count.clamp(min=1)  # (prompts, queries)
         sums.append(
