@@ -78,6 +78,26 @@ def query_probabilities(
     return probs.mul_(allowed.any(dim=-1, keepdim=True))
 
 
+def staircase_probabilities(
+    query: torch.Tensor, key: torch.Tensor, first: int, scaling: float | None, softcap: float | None = None
+) -> torch.Tensor:
+    """Weights ``(rows, heads, n, keys)`` of ``n`` query rows where row ``i`` may see the first
+    ``first + i`` keys and nothing else masks (the rows of consecutive steps of an appending cache).
+
+    What :func:`query_probabilities` gives with that staircase as the mask, but only the last ``n - 1``
+    keys are masked: the keys every row saw need no mask, and a full-size masked fill costs as much as
+    the scoring itself on the CPU.
+    """
+    rows = query.shape[2]
+    scores = _scores(query, key, scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if rows > 1:  # row i may not see the tail's key j >= i (overwritten, not added: it may be NaN)
+        blocked = torch.ones(rows, rows - 1, dtype=torch.bool, device=query.device).triu_()
+        scores[..., first:].masked_fill_(blocked, torch.finfo(torch.float32).min)
+    return torch.softmax(scores, dim=-1)
+
+
 def new_query_probabilities(
     query: torch.Tensor,
     key: torch.Tensor,

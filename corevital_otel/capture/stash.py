@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional
 
-from .attention_math import allowed_keys, new_query_probabilities, query_probabilities
+from .attention_math import (
+    allowed_keys,
+    new_query_probabilities,
+    query_probabilities,
+    staircase_probabilities,
+)
 from .records import StepBlock
 
 # The memory one kind of buffer (or a block's attention weights) may take: blocks get shorter than the
@@ -204,14 +209,18 @@ class StepStash:
         queries = torch.cat(newest, dim=2).float()  # (rows, heads, n, dim): one position each
         last = state.key_count
         first = last - (len(slots) - 1)  # append-only: one more key per pending step
-        positions = torch.arange(last, device=queries.device)
         steps = torch.arange(len(slots), device=queries.device)
-        allowed = (positions[None, :] - steps[:, None] < first)[None, None]  # (1, 1, n, keys)
         masks = [state.masks.pop(slot) for slot in slots]
-        mask = self._with_masks(allowed, masks, first) if any(m is not None for m in masks) else allowed
         # Each stashed row against the latest keys, masked to the keys its own step saw.
-        probs = query_probabilities(queries, state.key, mask, state.scaling, softcap=state.softcap)
-        counts = allowed_keys(mask).expand(probs.shape[0], 1, -1, -1)[:, 0].sum(dim=-1)  # (rows, n)
+        if all(mask is None for mask in masks):
+            probs = staircase_probabilities(queries, state.key, first, state.scaling, state.softcap)
+            counts = (steps + first).expand(probs.shape[0], -1)  # (rows, n)
+        else:
+            positions = torch.arange(last, device=queries.device)
+            allowed = (positions[None, :] - steps[:, None] < first)[None, None]  # (1, 1, n, keys)
+            mask = self._with_masks(allowed, masks, first)
+            probs = query_probabilities(queries, state.key, mask, state.scaling, softcap=state.softcap)
+            counts = allowed_keys(mask).expand(probs.shape[0], 1, -1, -1)[:, 0].sum(dim=-1)
         state.settled.append((slots[0], probs.permute(2, 0, 1, 3), counts.T))
         state.pending.clear()
 

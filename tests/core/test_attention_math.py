@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corevital_otel.capture.attention_math import query_probabilities
+from corevital_otel.capture.attention_math import query_probabilities, staircase_probabilities
 
 
 def _reference(query, key, allowed):
@@ -47,3 +47,19 @@ def test_a_nan_query_is_never_made_to_look_clean():
     query[0, 0, 1, 0] = float("nan")
     got = query_probabilities(query, key, None, None, is_causal=True)
     assert got[0, 0, 1].isnan().all() and not got[0, 0, 0].isnan().any()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_staircase_rows_equal_the_general_masked_scoring(rows):
+    """Stashed rows of consecutive steps: row i saw the first ``first + i`` keys. Keys written by later
+    steps (NaN here) never reach an earlier row."""
+    torch.manual_seed(1)
+    first = 4
+    query, key = torch.randn(2, 4, rows, 8), torch.randn(2, 2, first + rows - 1, 8)  # grouped KV heads
+    if rows > 1:
+        key[:, :, -1] = float("nan")  # the last key: seen by the last row only, which it makes NaN
+    allowed = (torch.arange(first + rows - 1)[None, :] < first + torch.arange(rows)[:, None])[None, None]
+    got = staircase_probabilities(query, key, first, 0.3, softcap=5.0)
+    expected = query_probabilities(query, key, allowed, 0.3, softcap=5.0)
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    assert not got[:, :, : rows - 1].isnan().any()
