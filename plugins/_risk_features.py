@@ -30,7 +30,7 @@ from corevital_otel.plugins import _trends
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import METRICS, Scales
 
-VERSION = 1
+VERSION = 2
 NAMES = (
     "entropy",
     "margin",
@@ -41,6 +41,9 @@ NAMES = (
     "loop",
     "mid_layer_anomaly",
     "attention_collapse",
+    "line_entropy",
+    "line_share",
+    "line_ended",
 )
 SCALED_RANGE = (-1.0, 3.0)
 TREND_MIN_STEPS = 4
@@ -71,9 +74,14 @@ def loop_grade(repetition: np.ndarray | None, flagged: bool) -> float:
 
 
 def row_features(
-    values: Mapping[str, np.ndarray | None], repetition: np.ndarray | None, flags: Flags, scales: Scales
+    values: Mapping[str, np.ndarray | None],
+    repetition: np.ndarray | None,
+    flags: Flags,
+    scales: Scales,
+    line_steps: int | None = None,
 ) -> np.ndarray:
-    """The feature vector (``NAMES`` order) of one row from its step series by metric name."""
+    """The feature vector (``NAMES`` order) of one row from its step series by metric name; ``line_steps``
+    is how many steps its first line took (None: the line never ended, or no tokenizer told)."""
     out = np.zeros(len(NAMES))
     for index, metric in enumerate(METRICS):
         series = values.get(metric)
@@ -91,4 +99,17 @@ def row_features(
     out[6] = loop_grade(repetition, flags.repetition_loop)
     out[7] = float(flags.mid_layer_anomaly)
     out[8] = float(flags.attention_collapse)
+    steps = max((len(s) for s in (*values.values(), repetition) if s is not None), default=0)
+    out[9:] = line_features(entropy, scales, line_steps, steps)
     return out
+
+
+def line_features(
+    entropy: np.ndarray | None, scales: Scales, line_steps: int | None, steps: int
+) -> np.ndarray:
+    """``line_entropy``, ``line_share``, ``line_ended`` of a row of ``steps`` steps: its first line is
+    the whole row when it never ended (or its end is unknown)."""
+    span = steps if line_steps is None else min(line_steps, steps)
+    line = entropy[:span] if entropy is not None else np.zeros(0)
+    mean = _trends.mean(scaled(line, scales, "entropy")) if np.isfinite(line).any() else 0.0
+    return np.array([mean, span / steps if steps else 1.0, float(line_steps is not None)])
