@@ -42,10 +42,12 @@ MAX_GRADED = 0.999
 DEFAULT_SOURCE = "default"
 # Reasoned default, in log-odds: a row at the typical values scores sigmoid(-3) ~ 0.05; every metric at
 # its bad value ~ 0.78; a loop under way over the whole row alone ~ 0.73, one seen on its last step
-# only stays near 0.05; a mid-layer anomaly alone 0.5.
+# only stays near 0.05; a mid-layer anomaly alone 0.5. Entropy weighs 2 in all, half on the whole row
+# and half on its first line, so without a tokenizer (the line is then the row) the score is layout 1's.
+# A line ending is neither good nor bad in general: line_ended only enters a fitted calibration.
 DEFAULT_INTERCEPT = -3.0
 DEFAULT_WEIGHTS: Mapping[str, float] = {
-    "entropy": 2.0,
+    "entropy": 1.0,
     "margin": 0.75,
     "topk_mass": 0.5,
     "surprisal": 0.75,
@@ -54,8 +56,7 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "loop": 4.0,
     "mid_layer_anomaly": 3.0,
     "attention_collapse": 0.25,
-    "line_entropy": 0.0,
-    "line_share": 0.0,
+    "line_entropy": 1.0,
     "line_ended": 0.0,
 }
 

@@ -48,7 +48,15 @@ COREVITAL_PLUGIN_NAME = "risk"
 
 WEIGHTS: Mapping[str, float] = {"entropy": 0.30, "margin": 0.15, "topk_mass": 0.10, "surprisal": 0.15}
 FACTOR_MIN_LOGIT = 0.25  # a feature is named as a factor from this push (log-odds) towards risk on
-FACTOR_FEATURES = ("entropy", "margin", "topk_mass", "surprisal", "entropy_trend", "first_entropy")
+FACTOR_FEATURES = (
+    "entropy",
+    "line_entropy",
+    "margin",
+    "topk_mass",
+    "surprisal",
+    "entropy_trend",
+    "first_entropy",
+)
 LEVEL_BOUNDS = ((0.3, "low"), (0.7, "medium"))  # below 0.3 low, below 0.7 medium, else high
 DEFAULT_ESCALATE_THRESHOLD = 0.7
 RUNNING_ALPHA = 0.3  # EMA weight of the newest step in risk.running

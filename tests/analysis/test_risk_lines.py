@@ -17,7 +17,7 @@ from .helpers import make_info, make_series, results_with
 
 NAMES = _risk_features.NAMES
 WIDTH = len(NAMES)
-LINE_ENTROPY, LINE_SHARE, LINE_ENDED = (NAMES.index(n) for n in ("line_entropy", "line_share", "line_ended"))
+LINE_ENTROPY, LINE_ENDED = NAMES.index("line_entropy"), NAMES.index("line_ended")
 NEWLINE = 7  # the fake tokenizer's newline-bearing id
 
 
@@ -91,7 +91,6 @@ def assess(tokens: np.ndarray | None, tokenizer: object | None, rows: int = 1, *
 def test_the_first_line_mean_entropy_covers_the_steps_up_to_the_newline():
     results, features = assess(LINE_TOKENS, FakeTokenizer())
     assert features[0, LINE_ENTROPY] == pytest.approx(np.mean([0.0, 1.0, 2.0]))  # steps 0-2, scaled
-    assert features[0, LINE_SHARE] == pytest.approx(3 / 6)
     assert features[0, LINE_ENDED] == 1.0
     assert features[0, NAMES.index("entropy")] == pytest.approx(np.mean([0.0, 1.0, 2.0, 3.0, 3.0, 3.0]))
     assert results.get(risk.LINES_ATTRIBUTE) is True
@@ -100,15 +99,15 @@ def test_the_first_line_mean_entropy_covers_the_steps_up_to_the_newline():
 def test_a_line_that_never_ends_is_the_whole_row():
     results, features = assess(np.array([3, 4, 5, 6, 8, 9]), FakeTokenizer())
     assert features[0, LINE_ENTROPY] == pytest.approx(features[0, NAMES.index("entropy")])
-    assert features[0, LINE_SHARE] == 1.0 and features[0, LINE_ENDED] == 0.0
+    assert features[0, LINE_ENDED] == 0.0
     assert results.get(risk.LINES_ATTRIBUTE) is True  # known: it did not end
 
 
 def test_rows_end_their_lines_apart():
     tokens = np.stack([LINE_TOKENS, np.array([NEWLINE, 1, 1, 1, 1, 1])], axis=1)
     _, features = assess(tokens, FakeTokenizer(), rows=2)
-    assert features[:, LINE_SHARE].tolist() == pytest.approx([3 / 6, 1 / 6], abs=1e-6)  # 6 decimals
-    assert features[1, LINE_ENTROPY] == pytest.approx(0.0)  # the first step only
+    assert features[:, LINE_ENTROPY].tolist() == pytest.approx([1.0, 0.0])  # row 1: its first step only
+    assert features[:, LINE_ENDED].tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +118,7 @@ def test_rows_end_their_lines_apart():
 def test_without_line_ends_the_line_features_cover_the_whole_row_and_the_span_says_so(tokens, tokenizer):
     results, features = assess(tokens, tokenizer)
     assert features[0, LINE_ENTROPY] == pytest.approx(features[0, NAMES.index("entropy")])
-    assert features[0, LINE_SHARE] == 1.0 and features[0, LINE_ENDED] == 0.0
+    assert features[0, LINE_ENDED] == 0.0
     assert results.get(risk.LINES_ATTRIBUTE) is False
 
 
@@ -142,7 +141,8 @@ def version_1_document() -> dict:
 def test_a_calibration_of_the_9_feature_layout_is_refused_naming_both_versions(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(version_1_document()))
-    with pytest.raises(_risk_model.CalibrationError, match="layout version 1 .9 features.*layout 2 .12"):
+    refused = r"layout version 1 \(9 features\).*layout 2 \(11 features\)"
+    with pytest.raises(_risk_model.CalibrationError, match=refused):
         _risk_model.load(path)
 
 
@@ -193,12 +193,12 @@ def outcome_line(features: list[float], rows: int, label: str, lines_known: bool
 
 
 def test_spans_of_the_9_feature_layout_are_refused_by_calibrate(tmp_path, capsys):
-    # Four rows of 9 features are 36 values, a whole number of 12-feature rows: the score's rows tell.
-    lines = [outcome_line([0.1] * 36, rows=4, label="incorrect") for _ in range(12)]
+    # Eleven rows of 9 features are 99 values, a whole number of 11-feature rows: the score's rows tell.
+    lines = [outcome_line([0.1] * 99, rows=11, label="incorrect") for _ in range(12)]
     outcomes = tmp_path / "outcomes.jsonl"
     outcomes.write_text("\n".join(lines))
     assert main(["calibrate", "--outcomes", str(outcomes), "--out", str(tmp_path / "r.json")]) == 2
-    assert "36 values for 4 rows, not 12 per row" in capsys.readouterr().err
+    assert "99 values for 11 rows, not 11 per row" in capsys.readouterr().err
 
 
 def test_calibrate_will_not_mix_rows_with_and_without_line_ends(tmp_path, capsys):
