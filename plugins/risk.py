@@ -282,9 +282,12 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
         model = DEFAULT
     scales = model.with_scales(resolve(info))
     row_flags = _inputs.flags(info, series, results)
-    ends, lines_known = line_ends(info, series, len(row_flags))
+    if model is DEFAULT or model.lines_known:
+        ends, lines_known = line_ends(info, series, len(row_flags))
+    else:  # a fit on rows without line ends: the same features as its rows had, whole-row lines
+        ends, lines_known = [None] * len(row_flags), False
     if model.lines_known and not lines_known:
-        results.note_lost("risk: calibration fitted with line ends, none known here (no tokenizer)")
+        results.note_lost("risk: calibration fitted with line ends, none known here (tokenizer, tokens)")
     risks = [
         row_risk(
             row_values(series, row),

@@ -181,6 +181,14 @@ def test_a_calibration_fitted_with_line_ends_notes_their_absence(tmp_path):
     assert results.lost == []
 
 
+def test_a_calibration_fitted_without_line_ends_gets_whole_row_lines_as_its_rows_had(tmp_path):
+    path = calibrated(tmp_path, lines_known=False)
+    results, features = assess(LINE_TOKENS, FakeTokenizer(), risk={"calibration": path})
+    assert features[0, LINE_ENTROPY] == pytest.approx(features[0, NAMES.index("entropy")])
+    assert features[0, LINE_ENDED] == 0.0
+    assert results.get(risk.LINES_ATTRIBUTE) is False and results.lost == []
+
+
 def outcome_line(features: list[float], rows: int, label: str, lines_known: bool = True) -> str:
     attributes = {
         "corevital.risk.features": features,
