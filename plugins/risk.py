@@ -282,10 +282,13 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
         model = DEFAULT
     scales = model.with_scales(resolve(info))
     row_flags = _inputs.flags(info, series, results)
+    ends: list[int | None] = [None] * len(row_flags)
+    lines_known = False  # a fit on rows without line ends gets whole-row lines, as its rows had
     if model is DEFAULT or model.lines_known:
-        ends, lines_known = line_ends(info, series, len(row_flags))
-    else:  # a fit on rows without line ends: the same features as its rows had, whole-row lines
-        ends, lines_known = [None] * len(row_flags), False
+        try:
+            ends, lines_known = line_ends(info, series, len(row_flags))
+        except Exception as error:  # the user's tokenizer failed to decode: lose the line ends only
+            results.note_lost(f"risk: line ends: {type(error).__name__}: {error}"[:200])
     if model.lines_known and not lines_known:
         results.note_lost("risk: calibration fitted with line ends, none known here (tokenizer, tokens)")
     risks = [

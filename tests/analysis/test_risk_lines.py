@@ -122,6 +122,19 @@ def test_without_line_ends_the_line_features_cover_the_whole_row_and_the_span_sa
     assert results.get(risk.LINES_ATTRIBUTE) is False
 
 
+class BrokenTokenizer(FakeTokenizer):
+    def decode(self, ids: list[int]) -> str:
+        raise ValueError("cannot decode")
+
+
+def test_a_tokenizer_that_cannot_decode_costs_the_line_ends_only():
+    results, features = assess(LINE_TOKENS, BrokenTokenizer())
+    assert results.get(risk.LINES_ATTRIBUTE) is False
+    assert features[0, LINE_ENTROPY] == pytest.approx(features[0, NAMES.index("entropy")])
+    assert results.get("corevital.risk.score") is not None
+    assert results.lost == ["risk: line ends: ValueError: cannot decode"]
+
+
 def version_1_document() -> dict:
     """A calibration as the previous release wrote it: 9 features."""
     names = NAMES[:9]
