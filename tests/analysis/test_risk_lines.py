@@ -231,3 +231,22 @@ def test_calibrate_will_not_mix_rows_with_and_without_line_ends(tmp_path, capsys
     outcomes.write_text("\n".join(lines))
     assert main(["calibrate", "--outcomes", str(outcomes), "--out", str(tmp_path / "r.json")]) == 2
     assert "with and without their line ends" in capsys.readouterr().err
+
+
+def test_without_line_ends_the_default_score_is_layout_1s():
+    """Entropy weighs 2.0 in all, split between the row and its first line: when the line is the row,
+    the score is the one layout 1's weights (entropy 2.0, no line features) gave."""
+    rng = np.random.default_rng(5)
+    values = {
+        "entropy": rng.uniform(0, 9, 20),
+        "margin": rng.uniform(0, 1, 20),
+        "surprisal": rng.uniform(0, 9, 20),
+    }
+    scales = risk.resolve(make_info())
+    layout_1 = dict(_risk_model.DEFAULT_WEIGHTS, entropy=2.0, line_entropy=0.0, line_ended=0.0)
+    weights = np.array([layout_1[name] for name in NAMES])
+    features = _risk_features.row_features(values, None, risk.Flags(), scales)
+    expected = 1 / (1 + np.exp(-(_risk_model.DEFAULT_INTERCEPT + features @ weights)))
+    assert risk.row_risk(values, risk.Flags(), scales).score == pytest.approx(expected)
+    ended = risk.row_risk(values, risk.Flags(), scales, line_steps=3).score
+    assert ended != pytest.approx(expected)  # with a line end the first line counts on its own
