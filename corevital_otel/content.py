@@ -42,7 +42,8 @@ def in_events(mode: str) -> bool:
 
 
 def register_tokenizer(model: Any, tokenizer: Any) -> None:
-    """Tell corevital_otel which tokenizer turns this model's ids into text (for content capture)."""
+    """Tell corevital_otel which tokenizer turns this model's ids into text: for content capture, and for
+    plugins that classify ids without exporting text (the risk plugin's line ends, the outcome checks)."""
     _tokenizers[model] = tokenizer
 
 

@@ -1,6 +1,6 @@
 """The risk score's inputs: one fixed-layout feature vector per row, graded, never saturating.
 
-Layout version 1 (``corevital.risk.features``, rows x 9, row-major; docs/risk.md):
+Layout version 2 (``corevital.risk.features``, rows x 11, row-major; docs/risk.md):
 
 ====  =====================  ====================================================================
  0    ``entropy``            mean over steps of the scaled entropy ``(x - typical) / (bad - typical)``
@@ -13,11 +13,17 @@ Layout version 1 (``corevital.risk.features``, rows x 9, row-major; docs/risk.md
                              onset on plus half the share of steps it was under way: in (0, 1]
  7    ``mid_layer_anomaly``  0 or 1
  8    ``attention_collapse`` 0 or 1
+ 9    ``line_entropy``       mean scaled entropy over the first generated line: the steps up to and
+                             including the first token whose text holds a newline; the whole row when
+                             the line never ended or no tokenizer told where it did
+10    ``line_ended``         1 when a newline-bearing token was generated, else 0 (also 0 when unknown)
 ====  =====================  ====================================================================
 
-Scaled values are clipped per step to ``[-1, 3]`` rather than ``[0, 1]``: a value better than typical
-still counts a little, so two healthy rows rarely tie, and a value far past bad still ranks above one at
-bad. A missing series gives the neutral 0.
+Version 1 was indices 0-8 alone. Line ends need the tokenizer (plugins/_lines.py); the span's
+``corevital.risk.lines_known`` says whether the risk plugin had them. Scaled values are clipped per step
+to ``[-1, 3]`` rather than ``[0, 1]``: a value better than typical still counts a little, so two healthy
+rows rarely tie, and a value far past bad still ranks above one at bad. A missing series gives the
+neutral 0.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from corevital_otel.plugins import _trends
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._scales import METRICS, Scales
 
-VERSION = 1
+VERSION = 2
 NAMES = (
     "entropy",
     "margin",
@@ -41,6 +47,8 @@ NAMES = (
     "loop",
     "mid_layer_anomaly",
     "attention_collapse",
+    "line_entropy",
+    "line_ended",
 )
 SCALED_RANGE = (-1.0, 3.0)
 TREND_MIN_STEPS = 4
@@ -71,9 +79,14 @@ def loop_grade(repetition: np.ndarray | None, flagged: bool) -> float:
 
 
 def row_features(
-    values: Mapping[str, np.ndarray | None], repetition: np.ndarray | None, flags: Flags, scales: Scales
+    values: Mapping[str, np.ndarray | None],
+    repetition: np.ndarray | None,
+    flags: Flags,
+    scales: Scales,
+    line_steps: int | None = None,
 ) -> np.ndarray:
-    """The feature vector (``NAMES`` order) of one row from its step series by metric name."""
+    """The feature vector (``NAMES`` order) of one row from its step series by metric name; ``line_steps``
+    is how many steps its first line took (None: the line never ended, or no tokenizer told)."""
     out = np.zeros(len(NAMES))
     for index, metric in enumerate(METRICS):
         series = values.get(metric)
@@ -91,4 +104,15 @@ def row_features(
     out[6] = loop_grade(repetition, flags.repetition_loop)
     out[7] = float(flags.mid_layer_anomaly)
     out[8] = float(flags.attention_collapse)
+    out[9] = line_entropy(entropy, scales, line_steps)
+    out[10] = float(line_steps is not None)
     return out
+
+
+def line_entropy(entropy: np.ndarray | None, scales: Scales, line_steps: int | None) -> float:
+    """Mean scaled entropy over the row's first line: its steps up to and including the one that ended
+    it, or every step when it never ended (or its end is unknown)."""
+    if entropy is None:
+        return 0.0
+    line = entropy if line_steps is None else entropy[:line_steps]
+    return _trends.mean(scaled(line, scales, "entropy")) if np.isfinite(line).any() else 0.0

@@ -9,12 +9,15 @@ then the score is the calibrated probability of the labelled failure. The score 
 Calibration file (JSON)::
 
     {"format": "corevital-risk-calibration", "version": 1, "model": "<gen_ai.request.model>",
-     "created": "...", "predicts": "<failure label>", "features": {"version": 1, "names": [...]},
+     "created": "...", "predicts": "<failure label>",
+     "features": {"version": 2, "names": [...], "lines_known": true},
      "scales": {"source": "family:gpt2", "entropy": [typical, bad], ...},
      "intercept": b, "weights": {"<feature>": w, ...}, "fit": {...cross-validated quality...}}
 
 Configured with ``plugin_options={"risk": {"calibration": "risk.json"}}`` or
-``COREVITAL_RISK_CALIBRATION=path[:path...]``; a file applies to generations of the model it names.
+``COREVITAL_RISK_CALIBRATION=path[:path...]``; a file applies to generations of the model it names. A
+file fitted on another feature layout (``features.version``; layout 1 had 9 features) is refused with an
+error naming both versions: its weights would be read against the wrong features.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ MAX_GRADED = 0.999
 DEFAULT_SOURCE = "default"
 # Reasoned default, in log-odds: a row at the typical values scores sigmoid(-3) ~ 0.05; every metric at
 # its bad value ~ 0.78; a loop under way over the whole row alone ~ 0.73, one seen on its last step
-# only stays near 0.05; a mid-layer anomaly alone 0.5.
+# only stays near 0.05; a mid-layer anomaly alone 0.5. Entropy weighs 2 in all, half on the whole row
+# and half on its first line, so without a tokenizer (the line is then the row) the score is layout 1's.
+# A line ending is neither good nor bad in general: line_ended only enters a fitted calibration.
 DEFAULT_INTERCEPT = -3.0
 DEFAULT_WEIGHTS: Mapping[str, float] = {
-    "entropy": 2.0,
+    "entropy": 1.0,
     "margin": 0.75,
     "topk_mass": 0.5,
     "surprisal": 0.75,
@@ -51,6 +56,8 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "loop": 4.0,
     "mid_layer_anomaly": 3.0,
     "attention_collapse": 0.25,
+    "line_entropy": 1.0,
+    "line_ended": 0.0,
 }
 
 
@@ -65,6 +72,7 @@ class RiskModel:
     weights: np.ndarray  # (len(NAMES),) in _risk_features.NAMES order
     model: str = ""  # the model a calibration applies to ("" for the default)
     scales: Mapping[str, Scale] | None = None  # the scales the fit's features were computed with
+    lines_known: bool = False  # the fit's rows had their line ends (a tokenizer): line features live
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return self.intercept + np.asarray(features, dtype=np.float64) @ self.weights
@@ -99,15 +107,21 @@ def document(
     scales: Scales,
     fit: Mapping[str, Any],
     created: str,
+    lines_known: bool = True,
 ) -> dict[str, Any]:
-    """The calibration file's JSON document."""
+    """The calibration file's JSON document; ``lines_known``: whether the rows it was fitted on had their
+    line ends (``corevital.risk.lines_known``)."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": model,
         "created": created,
         "predicts": predicts,
-        "features": {"version": _risk_features.VERSION, "names": list(_risk_features.NAMES)},
+        "features": {
+            "version": _risk_features.VERSION,
+            "names": list(_risk_features.NAMES),
+            "lines_known": lines_known,
+        },
         "scales": {
             "source": scales.source,
             **{metric: [scales.of(metric).typical, scales.of(metric).bad] for metric in METRICS},
@@ -126,7 +140,12 @@ def parse(document: Mapping[str, Any], source: str) -> RiskModel:
     if features.get("version") != _risk_features.VERSION or list(features.get("names", ())) != list(
         _risk_features.NAMES
     ):
-        raise CalibrationError(f"{source}: fitted on another feature layout ({features})")
+        raise CalibrationError(
+            f"{source}: fitted on risk feature layout version {features.get('version')} "
+            f"({len(features.get('names', ()))} features); this version computes layout "
+            f"{_risk_features.VERSION} ({len(_risk_features.NAMES)} features): refit it with "
+            "corevital-otel calibrate --outcomes on spans of this version"
+        )
     try:
         weights = np.array([float(document["weights"][name]) for name in _risk_features.NAMES])
         intercept = float(document["intercept"])
@@ -136,7 +155,12 @@ def parse(document: Mapping[str, Any], source: str) -> RiskModel:
     if not (np.isfinite(weights).all() and np.isfinite(intercept)):
         raise CalibrationError(f"{source}: weights must be finite numbers")
     return RiskModel(
-        f"outcomes:{Path(source).name}", intercept, weights, str(document.get("model", "")), scales
+        f"outcomes:{Path(source).name}",
+        intercept,
+        weights,
+        str(document.get("model", "")),
+        scales,
+        bool(features.get("lines_known", False)),
     )
 
 

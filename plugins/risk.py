@@ -37,7 +37,7 @@ from corevital_otel import (
     StepSeries,
     hookimpl,
 )
-from corevital_otel.plugins import _inputs, _options, _risk_features, _risk_model
+from corevital_otel.plugins import _inputs, _lines, _options, _risk_features, _risk_model
 from corevital_otel.plugins._inputs import Flags
 from corevital_otel.plugins._risk_model import DEFAULT, CalibrationError, RiskModel, model_for
 from corevital_otel.plugins._scales import METRICS, SERIES, Scales, resolve
@@ -48,12 +48,21 @@ COREVITAL_PLUGIN_NAME = "risk"
 
 WEIGHTS: Mapping[str, float] = {"entropy": 0.30, "margin": 0.15, "topk_mass": 0.10, "surprisal": 0.15}
 FACTOR_MIN_LOGIT = 0.25  # a feature is named as a factor from this push (log-odds) towards risk on
-FACTOR_FEATURES = ("entropy", "margin", "topk_mass", "surprisal", "entropy_trend", "first_entropy")
+FACTOR_FEATURES = (
+    "entropy",
+    "line_entropy",
+    "margin",
+    "topk_mass",
+    "surprisal",
+    "entropy_trend",
+    "first_entropy",
+)
 LEVEL_BOUNDS = ((0.3, "low"), (0.7, "medium"))  # below 0.3 low, below 0.7 medium, else high
 DEFAULT_ESCALATE_THRESHOLD = 0.7
 RUNNING_ALPHA = 0.3  # EMA weight of the newest step in risk.running
 RUNNING_SERIES = "risk.running"
 FEATURES_ATTRIBUTE = "corevital.risk.features"
+LINES_ATTRIBUTE = "corevital.risk.lines_known"
 
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -98,10 +107,12 @@ def row_risk(
     scales: Scales,
     model: RiskModel = DEFAULT,
     repetition: np.ndarray | None = None,
+    line_steps: int | None = None,
 ) -> RowRisk:
     """The risk of one row from its step series (by metric name), its loop evidence per step
-    (``health.repetition``) and its health flags, under the default combination or a calibration."""
-    features = _risk_features.row_features(values, repetition, flags, scales)
+    (``health.repetition``), its health flags and the steps its first line took (None: never ended or
+    unknown), under the default combination or a calibration."""
+    features = _risk_features.row_features(values, repetition, flags, scales, line_steps)
     pushes = features * model.weights
     contributions = {name: float(pushes[i]) for i, name in enumerate(_risk_features.NAMES)}
     named = sorted(
@@ -229,6 +240,22 @@ def row_values(series: StepSeries, row: int) -> dict[str, np.ndarray | None]:
     return {metric: _inputs.row_series(series, name, row) for metric, name in SERIES.items()}
 
 
+def line_ends(info: GenerationInfo, series: StepSeries, rows: int) -> tuple[list[int | None], bool]:
+    """Per row the steps its first line took (None: it never ended, or the end is unknown), and whether
+    every row's end was known: that needs the tokenizer and the row's chosen tokens (not under beams)."""
+    if info.tokenizer is None:
+        return [None] * rows, False
+    newlines = _lines.newline_ids(info.tokenizer)
+    lengths = _inputs.row_lengths(series)
+    ends: list[int | None] = []
+    known = True
+    for row in range(rows):
+        tokens = series.tokens[: int(lengths[row]), row] if row < len(lengths) else np.zeros(0, np.int64)
+        known &= bool((tokens >= 0).all())
+        ends.append(_lines.first_line_steps(tokens, newlines))
+    return ends, known
+
+
 def model_of(info: GenerationInfo) -> RiskModel:
     """The calibration fitted for this generation's model, else the default combination."""
     return model_for(info.model_name, _settings(info))
@@ -255,6 +282,15 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
         model = DEFAULT
     scales = model.with_scales(resolve(info))
     row_flags = _inputs.flags(info, series, results)
+    ends: list[int | None] = [None] * len(row_flags)
+    lines_known = False  # a fit on rows without line ends gets whole-row lines, as its rows had
+    if model is DEFAULT or model.lines_known:
+        try:
+            ends, lines_known = line_ends(info, series, len(row_flags))
+        except Exception as error:  # the user's tokenizer failed to decode: lose the line ends only
+            results.note_lost(f"risk: line ends: {type(error).__name__}: {error}"[:200])
+    if model.lines_known and not lines_known:
+        results.note_lost("risk: calibration fitted with line ends, none known here (tokenizer, tokens)")
     risks = [
         row_risk(
             row_values(series, row),
@@ -262,6 +298,7 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
             scales,
             model,
             _inputs.row_series(series, _inputs.STEP_REPETITION[0], row),
+            ends[row],
         )
         for row in range(len(row_flags))
     ]
@@ -276,6 +313,7 @@ def corevital_assess(info: GenerationInfo, series: StepSeries, results: Generati
     # rows x features, always an array (what calibrate --outcomes fits on): kept like the score
     features = [round(float(v), 6) for risk in risks for v in risk.features]
     results.set(FEATURES_ATTRIBUTE, features, important=True)
+    results.set(LINES_ATTRIBUTE, lines_known)  # False: the line features cover whole rows
     if info.capture_mode == "on_risk":
         threshold = float(_settings(info).get("escalate_threshold", DEFAULT_ESCALATE_THRESHOLD))
         if max(scores) >= threshold:

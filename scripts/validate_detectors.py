@@ -259,6 +259,10 @@ def measure(prompt: Prompt, observation: Any, tokenizer: Any) -> Record:
         raise SystemExit(
             "the span has no corevital.health.repetition_loop_detected: is the health plugin on?"
         )
+    if observation.attributes.get("corevital.risk.lines_known") is not True:
+        raise SystemExit(
+            "the span's corevital.risk.lines_known is not true: did the tokenizer reach the risk plugin?"
+        )
     return Record(
         file=prompt.file,
         line=prompt.line,
@@ -302,6 +306,8 @@ def run(
         meter_provider=telemetry.meter_provider,
         capture_mode="full",
     )
+    # As a user would: the tokenizer tells the risk plugin where each generated line ends.
+    corevital_otel.register_tokenizer(model, tokenizer)
     records = []
     try:
         with quiet_transformers():

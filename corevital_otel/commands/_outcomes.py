@@ -33,6 +33,8 @@ from corevital_otel.plugins._baseline_file import load as load_baseline
 from corevital_otel.plugins._scales import FAMILY_SCALES, Scales, from_baseline
 
 FEATURES = "corevital.risk.features"
+SCORE = "corevital.risk.score"  # one per row: how many rows the features hold
+LINES_KNOWN = "corevital.risk.lines_known"
 SCALES_SOURCE = "corevital.risk.calibration"
 MODEL = "gen_ai.request.model"
 PROMPT_HASH = "corevital.prompt.hash"
@@ -51,6 +53,7 @@ class Outcome:
     group: str
     model: str
     scales_source: str
+    lines_known: bool | None  # None: the span did not say (attribute not exported)
 
 
 def _otlp_value(value: Mapping[str, Any]) -> Any:
@@ -101,8 +104,20 @@ def outcome(record: Mapping[str, Any], attributes: Mapping[str, Any], failure: s
     row = int(record.get("row", 0))
     width = len(_risk_features.NAMES)
     flat = attributes.get(FEATURES)
-    if not isinstance(flat, (list, tuple)) or len(flat) < width * (row + 1):
+    if not isinstance(flat, (list, tuple)) or not flat:
         raise OutcomeError(f"line {number}: no {FEATURES} for row {row} (is the risk plugin on?)")
+    score = attributes.get(SCORE)
+    rows = len(score) if isinstance(score, (list, tuple)) else None  # a scalar: one row
+    if len(flat) % width or (rows is not None and len(flat) != width * rows):
+        raise OutcomeError(
+            f"line {number}: {FEATURES} holds {len(flat)} values"
+            + (f" for {rows} rows" if rows is not None else "")
+            + f", not {width} per row: a span of another feature layout (this version reads layout "
+            f"{_risk_features.VERSION}; layout 1 had 9 per row)"
+        )
+    if len(flat) < width * (row + 1):
+        raise OutcomeError(f"line {number}: no {FEATURES} for row {row} (is the risk plugin on?)")
+    lines = attributes.get(LINES_KNOWN)
     group = record.get("group") or _entry(attributes.get(PROMPT_HASH), row) or record.get("trace_id")
     return Outcome(
         features=np.asarray(flat[width * row : width * (row + 1)], dtype=np.float64),
@@ -110,6 +125,7 @@ def outcome(record: Mapping[str, Any], attributes: Mapping[str, Any], failure: s
         group=str(group if group is not None else f"line-{number}"),
         model=str(attributes.get(MODEL, "")),
         scales_source=str(attributes.get(SCALES_SOURCE, "")),
+        lines_known=None if lines is None else bool(lines),
     )
 
 
@@ -169,6 +185,12 @@ def fit_outcomes(
         )
     if len(sources) != 1:
         raise OutcomeError(f"rows scored under different scales {sorted(sources)}: fit them apart")
+    lines = {item.lines_known for item in outcomes}
+    if len(lines) != 1:
+        raise OutcomeError(
+            f"rows with and without their line ends ({LINES_KNOWN}: {sorted(lines, key=str)}): the line "
+            "features mean different things then; fit them apart"
+        )
     features = np.stack([item.features for item in outcomes])
     groups = [item.group for item in outcomes]
     folds = min(FOLDS, len(set(groups)))
@@ -193,6 +215,7 @@ def fit_outcomes(
         scales=scales_for(sources.pop(), baseline),
         fit=quality,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        lines_known=lines.pop() is True,
     )
 
 

@@ -224,6 +224,8 @@ def test_one_class_only_cannot_be_fitted(tmp_path, capsys):
 
 
 def test_an_unreadable_calibration_fails_instrument(instrumented, tmp_path):
+    import transformers.modeling_utils  # noqa: F401  instrument() checks options once this is imported
+
     broken = tmp_path / "risk.json"
     broken.write_text("{}")
     with pytest.raises(Exception, match="corevital-risk-calibration"):

@@ -42,7 +42,7 @@ def test_typical_values_score_the_default_intercept_and_name_no_factor():
 def test_worst_values_without_flags_are_high_but_below_one():
     result = risk.row_risk(WORST, Flags(), SCALES)
     assert 0.7 <= result.score < 1.0 and result.level == "high"
-    assert result.factors[:2] == ("entropy", "margin")  # by push towards risk
+    assert result.factors[:3] == ("entropy", "line_entropy", "margin")  # by push towards risk
 
 
 @pytest.mark.parametrize("flag", ["nan", "inf"])
@@ -220,12 +220,15 @@ def test_assess_publishes_scores_levels_factors_features_and_metrics():
     risk.corevital_assess(info, series, results)
     scores = results.get("corevital.risk.score")
     weights = _risk_model.DEFAULT_WEIGHTS
-    loop_row = _risk_model.DEFAULT_INTERCEPT + weights["entropy"] + weights["first_entropy"] + weights["loop"]
+    # no tokenizer: the first line is the whole row, at the bad entropy throughout
+    pushes = ("entropy", "line_entropy", "first_entropy", "loop")
+    loop_row = _risk_model.DEFAULT_INTERCEPT + sum(weights[name] for name in pushes)
     assert scores[0] == pytest.approx(sigmoid(_risk_model.DEFAULT_INTERCEPT))
     assert scores[1] == pytest.approx(sigmoid(loop_row))
     assert results.get("corevital.risk.level") == ["low", "high"]
-    assert results.get("corevital.risk.factors") == ["", "repetition_loop,entropy,first_entropy"]
+    assert results.get("corevital.risk.factors") == ["", "repetition_loop,entropy,line_entropy,first_entropy"]
     assert results.get("corevital.risk.calibration") == "family:default"
+    assert results.get(risk.LINES_ATTRIBUTE) is False
     features = np.array(results.get(risk.FEATURES_ATTRIBUTE)).reshape(2, len(_risk_features.NAMES))
     assert features[1, _risk_features.NAMES.index("loop")] == 1.0 and not features[0].any()
     assert results.escalations == ["risk", "serious_flag"]
@@ -263,6 +266,8 @@ def test_misspelt_options_raise_instead_of_keeping_defaults(options, error):
 
 
 def test_a_misspelt_option_is_refused_at_instrument_time(instrumented):
+    import transformers.modeling_utils  # noqa: F401  instrument() checks options once this is imported
+
     import corevital_otel
 
     expected = (

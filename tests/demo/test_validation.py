@@ -139,3 +139,24 @@ def test_risk_ranks_looping_outputs_above_the_rest(validate, demo_records) -> No
     assert 5 <= spread["loops"] <= SPREAD_PROMPTS - 5  # both kinds present, or the check says nothing
     assert spread["mean_loop"] > spread["mean_healthy"]
     assert spread["loop_auroc"] >= 0.7
+
+
+def test_the_risk_line_features_are_live_and_agree_with_the_scripts_line(validate, demo_records) -> None:
+    """The span's first-line features (the tokenizer reached the risk plugin, as the script registers it)
+    match the script's own line, found by decoding each generated token."""
+    from transformers import AutoTokenizer
+
+    from corevital_otel.plugins._risk_features import NAMES
+    from corevital_otel.plugins._scales import FAMILY_SCALES
+
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
+    scale = FAMILY_SCALES["gpt2"]["entropy"]
+    records = demo_records["greedy"]
+    ended = [validate.line_steps(tokenizer, r.generated) is not None for r in records]
+    assert 0 < sum(ended) < len(records)  # lines that end and lines that do not
+    for record, line_ended in zip(records, ended, strict=True):
+        features = dict(zip(NAMES, record.features, strict=True))
+        assert features["line_ended"] == float(line_ended)
+        # scaled per step then averaged = the scaled mean: no step's entropy is clipped (0-12 bits)
+        expected = (record.line_entropy - scale.typical) / (scale.bad - scale.typical)
+        assert features["line_entropy"] == pytest.approx(expected, abs=1e-5)
