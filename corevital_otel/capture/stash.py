@@ -292,16 +292,18 @@ class StepStash:
         refs = self.hidden_refs
         if not refs or self.rows is None:
             return None
-        first = refs[0][2]
-        hidden = torch.zeros(
-            (steps, self.num_layers, self.rows, first.shape[-1]), dtype=torch.float32, device=first.device
-        )
+        first, layers = refs[0][2], self.num_layers
         kept = [ref for ref in refs if ref[0] < steps]
-        if kept:  # one position each: one concatenation and one indexed write for the whole block
+        in_order = [(slot, layer) for slot in range(steps) for layer in range(layers)]
+        if [(slot, layer) for slot, layer, _, _ in kept] == in_order:
+            # Every layer of every step, in order (the usual case): one concatenation, no index tensor
+            # (building one would copy from the host to the model's device).
             gathered = torch.cat([_unchanged(tensor, version) for _, _, tensor, version in kept], dim=1)
-            slots = torch.tensor([slot for slot, _, _, _ in kept], device=first.device)
-            layers = torch.tensor([layer for _, layer, _, _ in kept], device=first.device)
-            hidden[slots, layers] = gathered.transpose(0, 1).float()
+            return gathered.unflatten(1, (steps, layers)).permute(1, 2, 0, 3).float().contiguous()
+        shape = (steps, layers, self.rows, first.shape[-1])
+        hidden = torch.zeros(shape, dtype=torch.float32, device=first.device)
+        for slot, layer, tensor, version in kept:  # some step missed a layer: that step is left out later
+            hidden[slot, layer] = _unchanged(tensor, version)[:, 0]
         return hidden
 
     def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -150,8 +150,9 @@ def _raise(*args, **kwargs):
     [
         # Layer outputs feed the step's hidden states, and a seq2seq encoder's feed the prompt capture.
         ("corevital_otel.capture.session._first_tensor", {"hidden_states"}, {"hidden_states", "prompt"}),
-        # Both families' attention is scored for a block of stashed query rows at a time.
-        ("corevital_otel.capture.stash.query_probabilities", {"attention"}, {"attention"}),
+        # Both families' attention is scored for a block of stashed query rows at a time (with or
+        # without a mask, every path computes its scores here).
+        ("corevital_otel.capture.attention_math._scores", {"attention"}, {"attention"}),
         ("corevital_otel.capture.stash.StepStash.close_slot", {"steps"}, {"steps"}),
     ],
     ids=["layer-hooks", "attention", "step-assembly"],
