@@ -74,6 +74,7 @@ GRIDS = {
         Shape("gpt2-small", 1024, 64, 1),
     ],
     "long-prompt": [Shape("llama-56m", 1024, 64, 1), Shape("gpt2-small", 1024, 64, 1)],
+    "long-generation": [Shape("llama-56m", 128, 512, 1)],
     "longest": [Shape("llama-56m", 128, 2000, 1)],
     "compile": [Shape("llama-56m", 128, 64, 1, compiled=True)],
     "smoke": [Shape("tiny", 16, 8, 1)],
