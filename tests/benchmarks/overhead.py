@@ -397,7 +397,8 @@ def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> li
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (also checked against every command docs/performance.md shows)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="targets")
     parser.add_argument("--rounds", "--repeats", type=int, default=11, dest="rounds")
@@ -410,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-only", action="store_true", help="only the memory subprocesses, no timing")
     parser.add_argument("--no-memory", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     variants = tuple(dict.fromkeys(["plain", *args.variants.split(",")]))
     torch.set_num_threads(1)
     if args.device == "cpu" and hasattr(os, "sched_setaffinity"):

@@ -82,7 +82,8 @@ def install() -> None:
     _timed_phases()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (also checked against every command docs/performance.md shows)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="llama-56m", choices=("gpt2-small", "llama-56m", "tiny"))
     parser.add_argument("--prompt", type=int, default=128)
@@ -90,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variant", default="full", choices=("full", "summary"))
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})

@@ -35,10 +35,15 @@ def run_once(disabled: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (also checked against every command docs/performance.md shows)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=11)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     others = sorted(
         ep.name for ep in entry_points(group="opentelemetry_instrumentor") if ep.name != "corevital"
     )
