@@ -64,9 +64,14 @@ class ChangedInPlace(RuntimeError):
     """A tensor the capture kept a reference to was modified in place before it was read."""
 
 
-def _kept(tensor: torch.Tensor) -> tuple[torch.Tensor, int | None]:
-    """A reference to ``tensor`` and its version; a private copy (version None) for tensors made under
+def _kept(tensor: torch.Tensor, positions: int) -> tuple[torch.Tensor, int | None]:
+    """The newest position of ``tensor`` (along dim ``positions``) to keep until the fold, with its
+    version: a reference for a one-position tensor; a private copy (version None, nothing else writes it)
+    for a prefill pass (its last position only, not the whole prompt's) and for tensors made under
     ``torch.inference_mode()``, which keep no version counter to check."""
+    length = tensor.shape[positions]
+    if length != 1:
+        return tensor.narrow(positions, length - 1, 1).clone(), None
     if tensor.is_inference():
         return tensor.clone(), None
     return tensor, tensor._version
@@ -128,9 +133,7 @@ class StepStash:
             self._fit(_FLOAT_BYTES * self.num_layers * hidden.shape[0] * hidden.shape[2])
         if hidden.shape[0] != self.rows:
             self._check_rows(hidden.shape[0])
-        if hidden.shape[1] != 1:  # a prefill pass: keep its last position, not the whole prompt's states
-            hidden = hidden[:, -1:].clone()
-        self.hidden_refs.append((self.filled, layer, *_kept(hidden)))
+        self.hidden_refs.append((self.filled, layer, *_kept(hidden, 1)))
         self.hidden_layers[self.filled] += 1
 
     def put_logits(self, logits: torch.Tensor) -> None:
@@ -170,9 +173,7 @@ class StepStash:
                 # The stashed query rows and, at fold, the weights of every layer's rows over its keys.
                 self._fit(self.num_layers * rows * heads * (dim + count + self.capacity) * _FLOAT_BYTES)
                 self.query_bytes_checked = True
-            if query.shape[2] != 1:  # a prefill pass: keep the newest query row only
-                query = query[:, :, -1:].clone()
-            state.pending.append((self.filled, *_kept(query)))
+            state.pending.append((self.filled, *_kept(query, 2)))
             state.masks[self.filled] = mask
         state.key, state.key_count = key, count
         state.scaling, state.softcap = kwargs.get("scaling"), softcap
