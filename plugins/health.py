@@ -74,7 +74,7 @@ def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     ``health.logits_nonfinite`` ``(steps, rows, 2)``: a NaN, a +Inf logit (-Inf is a legitimate mask)."""
     values: dict[str, torch.Tensor] = {}
     found: list[torch.Tensor] = []
-    if block.logits is not None:
+    if block.has_logits:
         # Both come from the logit plugin's one pass over the block (max propagates NaN).
         logits = torch.stack([largest_logit(block).isnan(), positive_infinite_logit(block)], dim=-1)
         values["health.logits_nonfinite"] = logits.float()
@@ -288,11 +288,10 @@ def corevital_generation_start(info: GenerationInfo) -> None:
 def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
     state: HealthState = info.state[COREVITAL_PLUGIN_NAME]
     values = nonfinite_block_values(block)
-    reference = next((t for t in (block.hidden, block.logits, block.chosen) if t is not None), None)
-    if reference is not None:
+    if block.hidden is not None or block.has_logits or block.chosen is not None:
         hidden_last = None if block.hidden is None else block.hidden[:, -1]
         chosen = block.chosen if any(block.chosen_known) else None
-        similarity, evidence = state.loops.block(hidden_last, chosen, block.rows, reference.device)
+        similarity, evidence = state.loops.block(hidden_last, chosen, block.rows, block.device)
         values["health.repetition"] = evidence
         if similarity is not None:
             values["health.state_similarity"] = similarity

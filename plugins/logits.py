@@ -128,11 +128,11 @@ def _has_positive_infinity(logits: torch.Tensor) -> torch.Tensor:
 def _block_pass(block: StepBlock) -> dict[str, torch.Tensor]:
     """Everything plugins read from a block's logits, in one pass over cache-sized slices of steps:
     :func:`logit_statistics`, the largest logit and where a +inf logit is."""
-    logits = block.logits
+    step_shape = block.logit_step_shape
     chosen = block.chosen if any(block.chosen_known) else None
     parts = []
-    for window in _slices(logits.shape[0], int(logits[0].numel()), logits.device):
-        part = logits[window]
+    for window in _slices(block.steps, step_shape.numel(), block.device):
+        part = block.logits_window(window)  # stacked a slice at a time while the block is per step
         statistics = logit_statistics(part, None if chosen is None else chosen[window])
         statistics["logits.positive_infinity"] = _has_positive_infinity(part)
         parts.append(statistics)
@@ -184,7 +184,7 @@ def corevital_declare_metrics() -> list[MetricSpec]:
 
 @hookimpl
 def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
-    if block.logits is None:
+    if not block.has_logits:
         return None
     return block_statistics(block)
 

@@ -188,7 +188,7 @@ def running_average(instant: torch.Tensor, previous: torch.Tensor | None) -> tor
 @hookimpl
 def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
     state = info.state.get(COREVITAL_PLUGIN_NAME)
-    if state is None or block.logits is None or _settings(info).get("running") is False:
+    if state is None or not block.has_logits or _settings(info).get("running") is False:
         return None
     if info.capture_mode == "summary" and not info.consumed_live(RUNNING_SERIES):
         return None  # summary mode exports no step series: only a live reader would need it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,50 @@ class StepCapture:
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+class PerStep:
+    """A block field still held as one tensor per step (references the capture kept, not copies), stacked
+    into one float32 tensor only when read; ``check`` runs on the parts first (it raises when one of them
+    was changed in place since it was kept)."""
+
+    def __init__(self, parts: Sequence[torch.Tensor], check: Callable[[Sequence[torch.Tensor]], None]):
+        self.parts = parts
+        self.check = check
+
+    @property
+    def step_shape(self) -> torch.Size:
+        return self.parts[0].shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def stack(self, window: slice | None = None) -> torch.Tensor:
+        parts = self.parts if window is None else self.parts[window]
+        self.check(parts)
+        return torch.stack(list(parts)).float()
+
+    def window(self, window: slice) -> PerStep:
+        return PerStep(self.parts[window], self.check)
+
+
+class _StackedOnRead:
+    """A :class:`StepBlock` field that may be set to a :class:`PerStep`: stacked once, when first read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.private = f"_{name}"
+
+    def __get__(self, block: Any, owner: type | None = None) -> torch.Tensor | None:
+        if block is None:
+            raise AttributeError(self.private)  # the dataclass field has no default
+        value = block.__dict__[self.private]
+        if isinstance(value, PerStep):
+            value = block.__dict__[self.private] = value.stack()
+        return value
+
+    def __set__(self, block: Any, value: torch.Tensor | PerStep | None) -> None:
+        block.__dict__[self.private] = value
+
+
 @dataclass
 class StepBlock:
     """Consecutive generated steps ``start .. start + steps - 1``, still on the model's device.
@@ -59,7 +104,9 @@ class StepBlock:
     start: int
     steps: int
     rows: int
-    logits: torch.Tensor | None
+    # The capture hands the logits over as per-step references (a :class:`PerStep`), stacked on first read:
+    # the built-in logit pass reads them a few steps at a time (``logits_window``) and never stacks them.
+    logits: torch.Tensor | None = _StackedOnRead()  # type: ignore[assignment]
     hidden: torch.Tensor | None
     attention: torch.Tensor | None
     attention_keys: torch.Tensor | None
@@ -67,6 +114,31 @@ class StepBlock:
     chosen_known: tuple[bool, ...] = ()
     # Scratch shared by the plugins for this block (e.g. one log-softmax that several plugins read).
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether the block holds logits (without stacking them)."""
+        return self.__dict__["_logits"] is not None
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device the block's tensors are on (None when it holds none)."""
+        logits = self.__dict__["_logits"]
+        if logits is not None:
+            return logits.device
+        held = (self.hidden, self.attention, self.chosen)
+        return next((tensor.device for tensor in held if tensor is not None), None)
+
+    @property
+    def logit_step_shape(self) -> torch.Size | None:
+        """``(rows, vocab)``: one step's logits, without stacking them; None when there are none."""
+        value = self.__dict__["_logits"]
+        return None if value is None else value.step_shape if isinstance(value, PerStep) else value.shape[1:]
+
+    def logits_window(self, window: slice) -> torch.Tensor | None:
+        """``logits[window]`` float32, stacking only those steps while the block is still per-step."""
+        value = self.__dict__["_logits"]
+        return value.stack(window) if isinstance(value, PerStep) else None if value is None else value[window]
 
     def step(self, offset: int) -> StepCapture:
         """Step ``start + offset`` as a :class:`StepCapture` (views, no copies)."""

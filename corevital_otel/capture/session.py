@@ -244,11 +244,13 @@ class CaptureSession:
             self.fail("attention", stash.attention_error)
         if stash.hidden_error is not None:
             self.fail("hidden_states", stash.hidden_error)
+        if stash.logits_error is not None:
+            self.fail("logits", stash.logits_error)
         self.attention_steps += sum(block.steps for block in blocks if block.attention is not None)
         self.hidden_steps += sum(block.steps for block in blocks if block.hidden is not None)
         for block in blocks:
             self.deliver_block(block)
-        release_freed_memory(sum(_host_bytes(b.attention) + _host_bytes(b.logits) for b in blocks))
+        release_freed_memory(sum(_host_bytes(b.attention) for b in blocks))
         return blocks[-1] if blocks else None
 
     def lost_capture(self, steps: int) -> list[str]:
@@ -317,7 +319,7 @@ class CaptureSession:
                     logits = _first_tensor(output)
                 if logits is None:
                     raise TypeError(f"forward output {type(output).__name__} has no logits")
-                self._stash.put_logits(logits.select(1, -1))
+                self._stash.put_logits(logits)
             self._stash.close_slot()
             self.steps_seen += 1
         except Exception as error:  # noqa: BLE001

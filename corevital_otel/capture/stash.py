@@ -1,12 +1,14 @@
 """The block of steps being captured: buffers the hooks copy each new position into, folded in one pass.
 
-Per step the hooks do only what cannot wait: copy the new position's raw logits into a preallocated
-buffer, and keep references to each layer's output, its query and the key tensor it attended with (a
-decoding step's output and query are fresh one-position tensors: keeping them costs what a copy would
-hold, without an operation per layer and step). Every few steps (and at the end) ``fold`` gathers the
-hidden vectors in one concatenation, scores all stashed query rows of a layer against its latest keys in
-one matmul and hands the block on as a :class:`StepBlock`. A referenced tensor that the model changed in
-place before the fold (its version counter moved) is never read: that capture kind fails for the call.
+Per step the hooks do only what cannot wait: keep references to the new position's raw logits, each
+layer's output, its query and the key tensor it attended with (a decoding step's logits, output and query
+are fresh one-position tensors: keeping them costs what a copy would hold, without an operation per
+layer and step). Every few steps (and at the end) ``fold`` gathers the hidden vectors in one
+concatenation, scores all stashed query rows of a layer against its latest keys in one matmul and hands
+the block on as a :class:`StepBlock`, whose logits stay per step until a plugin reads them (the built-in
+logit pass stacks a few steps at a time, in the CPU's cache). A referenced tensor that the model changed
+in place before the fold (its version counter moved) is never read: that capture kind fails for the
+call.
 
 Scoring later against the latest keys is exact only while the cache is append-only: step ``s``'s keys
 are the first ``n_s`` keys of every later step. A layer whose key count does not grow by one per step
@@ -27,7 +29,7 @@ from .attention_math import (
     query_probabilities,
     staircase_probabilities,
 )
-from .records import StepBlock
+from .records import PerStep, StepBlock
 
 # The memory one kind of buffer (or a block's attention weights) may take: blocks get shorter than the
 # configured number of steps for wide batches, long contexts and large vocabularies.
@@ -85,6 +87,17 @@ def _unchanged(tensor: torch.Tensor, version: int | None) -> torch.Tensor:
     return tensor
 
 
+class _KeptSteps:
+    """Per-step references and the versions they had when kept: what a :class:`PerStep` checks."""
+
+    def __init__(self, versions: dict[int, int | None]) -> None:
+        self.versions = versions  # id(part) -> version when kept
+
+    def __call__(self, parts) -> None:
+        for part in parts:
+            _unchanged(part, self.versions[id(part)])
+
+
 class StepStash:
     """Buffers for up to ``capacity`` steps starting at step ``start``."""
 
@@ -94,7 +107,10 @@ class StepStash:
         self.capacity = max_steps
         self.filled = 0  # completed slots; the slot being written is ``filled``
         self.rows: int | None = None
-        self.logits: torch.Tensor | None = None
+        # Per completed slot: the raw logits ``(rows, vocab)`` (a view of a reference or a private copy)
+        # and the version it had.
+        self.logit_refs: list[tuple[torch.Tensor, int | None]] = []
+        self.logits_error: Exception | None = None  # a kept logit tensor was changed in place
         # (slot, layer, the layer's output (rows, 1, dim), its version then): gathered at fold.
         self.hidden_refs: list[tuple[int, int, torch.Tensor, int | None]] = []
         self.query_bytes_checked = False  # the block's length was fitted to the attention it will score
@@ -117,10 +133,6 @@ class StepStash:
         if self.filled == 0:  # the block can still be shortened: nothing is stashed beyond slot 0
             self.capacity = min(self.capacity, _capacity_for(step_bytes))
 
-    def _allocate(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        self._fit(_FLOAT_BYTES * int(torch.Size(shape).numel()))
-        return torch.empty((self.capacity, *shape), dtype=torch.float32, device=like.device)
-
     def _check_rows(self, rows: int) -> None:
         if self.rows is None:
             self.rows = rows
@@ -137,13 +149,17 @@ class StepStash:
         self.hidden_layers[self.filled] += 1
 
     def put_logits(self, logits: torch.Tensor) -> None:
-        """``logits`` ``(rows, vocab)``: the raw logits of the new position."""
-        if self.logits is None:
+        """``logits`` ``(rows, positions, vocab)``: the forward pass' raw logits; its last position is kept
+        (as a reference: the model hands them to generate(), which copies what it changes)."""
+        if not self.logit_refs:
             self._check_rows(logits.shape[0])
-            self.logits = self._allocate(tuple(logits.shape), logits)
+            self._fit(_FLOAT_BYTES * logits.shape[0] * logits.shape[2])
         elif logits.shape[0] != self.rows:
             self._check_rows(logits.shape[0])
-        self.logits[self.filled].copy_(logits)
+        if len(self.logit_refs) != self.filled:
+            raise RuntimeError(f"logits for step slot {self.filled} after {len(self.logit_refs)} slots")
+        kept, version = _kept(logits, 1)
+        self.logit_refs.append((kept.select(1, 0), version))  # a view: it shares the version counter
 
     def put_attention(
         self,
@@ -259,6 +275,10 @@ class StepStash:
             hidden = self._hidden(steps)
         except Exception as error:  # noqa: BLE001 - reported like the attention's
             self.hidden_error, hidden = error, None
+        try:
+            logits = self._logits(steps)
+        except Exception as error:  # noqa: BLE001 - reported like the attention's
+            self.logits_error, logits = error, None
         complete_hidden = [self.hidden_layers[i] == self.num_layers for i in range(steps)]
         complete_attention = [self.attention_layers[i] == self.num_layers for i in range(steps)]
         blocks = []
@@ -277,7 +297,7 @@ class StepStash:
                     start=self.start + begin,
                     steps=end - begin,
                     rows=self.rows,
-                    logits=None if self.logits is None else self.logits[window],
+                    logits=None if logits is None else logits.window(window),
                     hidden=hidden[window] if has_hidden else None,  # type: ignore[index]
                     attention=attention[window] if has_attention else None,  # type: ignore[index]
                     attention_keys=attention_keys[window] if has_attention else None,  # type: ignore[index]
@@ -287,6 +307,18 @@ class StepStash:
             )
             begin = end
         return blocks
+
+    def _logits(self, steps: int) -> PerStep | None:
+        """The block's logits, still one reference per step (checked now, and again when stacked)."""
+        if not self.logit_refs:
+            return None
+        if len(self.logit_refs) < steps:
+            raise RuntimeError(f"logits of {len(self.logit_refs)} of {steps} steps")
+        kept = self.logit_refs[:steps]
+        check = _KeptSteps({id(part): version for part, version in kept})
+        parts = [part for part, _ in kept]
+        check(parts)
+        return PerStep(parts, check)
 
     def _hidden(self, steps: int) -> torch.Tensor | None:
         """``(steps, layers, rows, dim)`` float32 hidden vectors at each step's new position."""
@@ -332,8 +364,8 @@ class StepStash:
 
     def held_bytes(self) -> int:
         """Memory this block keeps alive: its buffers and the storage behind every kept reference."""
-        buffers = [tensor for tensor in (self.logits, self.chosen) if tensor is not None]
-        kept = [tensor for _, _, tensor, _ in self.hidden_refs]
+        buffers = [tensor for tensor in (self.chosen,) if tensor is not None]
+        kept = [tensor for tensor, _ in self.logit_refs] + [tensor for _, _, tensor, _ in self.hidden_refs]
         kept += [query for state in self.keys for _, query, _ in state.pending]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in buffers + kept}
         return sum(storages.values())
@@ -341,6 +373,7 @@ class StepStash:
     def release(self) -> None:
         """Drop per-layer references to the model's keys (the block's own buffers go with it)."""
         self.hidden_refs.clear()
+        self.logit_refs.clear()
         for state in self.keys:
             state.key = None
             state.pending.clear()

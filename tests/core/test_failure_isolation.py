@@ -210,3 +210,32 @@ def test_a_kept_tensor_changed_in_place_is_never_read(family, quiet):
         assert lost.startswith("hidden_states: ChangedInPlace: the model changed a captured"), lost
         assert "corevital.logits.entropy.mean" in span.attributes
         assert not any(name.startswith("corevital.hidden") for name in span.attributes)
+
+
+def test_logits_changed_in_place_after_the_step_are_never_read(quiet):
+    """The raw logits are kept by reference too: a hook that changes them in place after the capture's
+    own hook saw them loses the logit capture for the call (said on the span), never a changed value."""
+    model = build_model("llama")
+    reference = _generate_twice(model)
+    telemetry = quiet(logits_plugin)
+
+    last: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        last[:] = [output.logits]
+
+    def touch(module, args):  # at the next forward pass, after the capture's hook saw the logits
+        for logits in last:
+            logits.add_(0.0)  # values unchanged, version + 1
+
+    handles = [model.register_forward_hook(keep), model.register_forward_pre_hook(touch)]
+    try:
+        outputs = _generate_twice(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    for span in telemetry.generation_spans():
+        (lost,) = span.attributes["corevital.capture.lost"]
+        assert lost.startswith("logits: ChangedInPlace: the model changed a captured"), lost
+        assert "corevital.logits.entropy.mean" not in span.attributes
