@@ -17,6 +17,7 @@ import torch
 from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2, entropy_nats
 from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
+from corevital_otel.plugins._slices import by_slices
 from corevital_otel.plugins._summary import publish, wants_detail
 
 # The threshold profile this plugin reads (plugins/_profiles.py).
@@ -48,20 +49,44 @@ _ROW_AGGREGATES = (
 )
 
 
+def row_statistics(attention: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``nats`` (entropy) and ``concentration`` (largest weight) of every softmax row (the last dimension),
+    computed over cache-sized slices of the first dimension. Both are NaN exactly when a weight of the row
+    is (a softmax weight is never infinite)."""
+    attention = attention.float()
+
+    def rows(window: slice) -> dict[str, torch.Tensor]:
+        part = attention[window]
+        return {"nats": entropy_nats(part), "concentration": part.amax(dim=-1)}
+
+    return by_slices(rows, attention.shape[0], attention[0].numel(), attention.device)
+
+
+def block_row_statistics(block: StepBlock) -> dict[str, torch.Tensor]:
+    """:func:`row_statistics` of a block's attention ``(steps, layers, rows, heads)`` each, computed once
+    however many plugins ask (the health plugin reads its NaN rows)."""
+    if "attention.rows" not in block.memo:
+        block.memo["attention.rows"] = row_statistics(block.attention)
+    return block.memo["attention.rows"]
+
+
 def head_statistics(
-    attention: torch.Tensor, keys: torch.Tensor, thresholds: Thresholds
+    attention: torch.Tensor,
+    keys: torch.Tensor,
+    thresholds: Thresholds,
+    rows: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-head statistics of ``(layers, rows, heads, keys)`` weights with ``(layers, rows)`` key counts.
+    """Per-head statistics of ``(layers, rows, heads, keys)`` weights with ``(layers, rows)`` key counts
+    (``rows``: their :func:`row_statistics` when already known).
 
     Returns ``(layers, rows, heads)`` tensors: ``entropy`` (bits), ``normalized_entropy`` (NaN for a
     single key), ``concentration``, and 0/1 ``collapsed`` and ``focused``.
     """
-    attention = attention.float()
-    nats = entropy_nats(attention)
+    rows = row_statistics(attention) if rows is None else rows
+    nats, concentration = rows["nats"], rows["concentration"]
     choice = (keys > 1).unsqueeze(-1)
     log_keys = keys.clamp(min=2).float().log().unsqueeze(-1)
     normalized = torch.where(choice, nats / log_keys, torch.full_like(nats, float("nan")))
-    concentration = attention.amax(dim=-1)
     # NaN compares False: a single-key row or a broken row is never counted as collapsed or focused.
     collapsed = normalized < thresholds.collapse_normalized_entropy
     focused = choice & (concentration > thresholds.focus_max_weight)
@@ -85,11 +110,15 @@ def _rows_first(per_layer: torch.Tensor) -> torch.Tensor:
 
 
 def attention_block_values(
-    attention: torch.Tensor, keys: torch.Tensor, thresholds: Thresholds, detail: bool
+    attention: torch.Tensor,
+    keys: torch.Tensor,
+    thresholds: Thresholds,
+    detail: bool,
+    rows: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Block outputs from ``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key
     counts: ``(steps, rows)`` series over all layers and heads, ``(steps, rows, layers)`` per-layer ones."""
-    stats = head_statistics(attention, keys, thresholds)
+    stats = head_statistics(attention, keys, thresholds, rows)
     entropy, concentration = stats["entropy"], stats["concentration"]  # (steps, layers, rows, heads)
     collapsed = stats["collapsed"].sum(dim=-1)
     focused = stats["focused"].sum(dim=-1)
@@ -136,7 +165,9 @@ def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.T
     if block.attention is None or block.attention_keys is None:
         return None
     thresholds: Thresholds = info.state[COREVITAL_PLUGIN_NAME]
-    return attention_block_values(block.attention, block.attention_keys, thresholds, wants_detail(info))
+    return attention_block_values(
+        block.attention, block.attention_keys, thresholds, wants_detail(info), block_row_statistics(block)
+    )
 
 
 @hookimpl

@@ -32,6 +32,7 @@ from corevital_otel import (
 from corevital_otel.plugins._loops import LoopTracker
 from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
 from corevital_otel.plugins._summary import masked, publish, wants_detail
+from corevital_otel.plugins.attention import block_row_statistics
 from corevital_otel.plugins.logits import largest_logit, positive_infinite_logit
 
 # The threshold profile this plugin reads (plugins/_profiles.py).
@@ -83,8 +84,9 @@ def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     if block.hidden is not None:
         nan, inf = hidden_nonfinite(block)  # (steps, layers, rows)
     if block.attention is not None:
-        # Softmax weights are never infinite: a row's sum is NaN exactly when one of its weights is.
-        attention = block.attention.sum(dim=-1).isnan().any(dim=-1)
+        # A row's largest weight is NaN exactly when one of its weights is (read from the attention
+        # plugin's one pass over the block).
+        attention = block_row_statistics(block)["concentration"].isnan().any(dim=-1)
         if nan is None:
             nan = attention
         elif nan.shape == attention.shape:

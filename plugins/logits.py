@@ -13,6 +13,7 @@ import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2
+from corevital_otel.plugins._slices import by_slices
 from corevital_otel.plugins._summary import publish, real_values
 
 COREVITAL_PLUGIN_NAME = "logits"
@@ -105,19 +106,6 @@ def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[
     }
 
 
-# Logit elements per slice of a block: the passes of logit_statistics over one slice stay in the CPU's
-# cache (measured on a 2.1 GHz x86 core: 2.3-3.4x faster than one pass over a 64-step block of a 32k-50k
-# vocabulary). On a GPU slices only add kernel launches, so a block is one slice there.
-_CACHE_SLICE_ELEMENTS = 1 << 18
-
-
-def _slices(steps: int, per_step: int, device: torch.device) -> list[slice]:
-    if device.type != "cpu":
-        return [slice(0, steps)]
-    width = max(1, _CACHE_SLICE_ELEMENTS // max(1, per_step))
-    return [slice(start, min(steps, start + width)) for start in range(0, steps, width)]
-
-
 def _has_positive_infinity(logits: torch.Tensor) -> torch.Tensor:
     """``(...)`` True where a row holds a +inf logit, NaN or not. Compared into a float tensor and
     reduced with max(): a bool result and any() cost several times more on the CPU."""
@@ -126,19 +114,17 @@ def _has_positive_infinity(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _block_pass(block: StepBlock) -> dict[str, torch.Tensor]:
-    """Everything plugins read from a block's logits, in one pass over cache-sized slices of steps:
-    :func:`logit_statistics`, the largest logit and where a +inf logit is."""
-    step_shape = block.logit_step_shape
+    """Everything plugins read from a block's logits, in one pass family over cache-sized slices of steps
+    (``_slices``): :func:`logit_statistics`, the largest logit and where a +inf logit is."""
     chosen = block.chosen if any(block.chosen_known) else None
-    parts = []
-    for window in _slices(block.steps, step_shape.numel(), block.device):
+
+    def pass_over(window: slice) -> dict[str, torch.Tensor]:
         part = block.logits_window(window)  # stacked a slice at a time while the block is per step
         statistics = logit_statistics(part, None if chosen is None else chosen[window])
         statistics["logits.positive_infinity"] = _has_positive_infinity(part)
-        parts.append(statistics)
-    if len(parts) == 1:
-        return parts[0]
-    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+        return statistics
+
+    return by_slices(pass_over, block.steps, block.logit_step_shape.numel(), block.device)
 
 
 def _memo_pass(block: StepBlock) -> dict[str, torch.Tensor]:

@@ -225,6 +225,10 @@ def layer_attention(
     1 - u). The score is (M / B) / (u / (1 - u)): exactly 1.0 for uniform attention.
     """
     causal = not prompt.is_encoder
+    # Without a padding mask (transformers passes none when every token is real) the softmax already gave
+    # every key a query may not see weight exactly 0: the sparse weights need no masking.
+    inputs = prompt.attention_inputs.get(layer)
+    padded = inputs is None or inputs.mask is not None
     thirds = {} if thirds is None else thirds  # visible keys and middle thirds per query chunk
     queries = range(rows.length) if queries is None else queries
     sums: list[tuple[torch.Tensor, ...]] = []
@@ -251,7 +255,7 @@ def layer_attention(
             )
         )
         if sparse is not None:  # only weights a real query puts on a key it may see
-            sparse.add(weights * seen, part.start, part.step)
+            sparse.add(weights * seen if padded else weights, part.start, part.step)
     if not sums:
         return None
     middle_sum, boundary_sum, uniform_middle_sum, uniform_boundary_sum = (

@@ -69,6 +69,8 @@ def query_probabilities(
         positions = index + (num_keys - q_len)
         allowed = (torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None])[None, None]
         scores.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        if num_keys >= q_len:  # then every query sees at least the first key: no row to zero
+            return torch.softmax(scores, dim=-1)
     else:
         return torch.softmax(scores, dim=-1)
     # Blocked keys get exactly 0 from the softmax (exp of the lowest float); a query with no allowed key

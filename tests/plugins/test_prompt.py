@@ -233,6 +233,21 @@ def test_prompt_surprisal_and_layer_transformation_match_an_independent_forward(
     )
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_without_a_padding_mask_the_prompt_gets_what_an_explicit_mask_gives(causal):
+    """transformers passes no mask when every token is real (the model's kernel is told is_causal):
+    the weights then need no masking of their own, and every prompt value is what the explicit mask
+    gives."""
+    capture = make_prompt(torch.ones(2, 9, dtype=torch.bool), causal=causal, scale=3.0, seed=7)
+    explicit = prompt_plugin.analyse(capture, THRESHOLDS, detail=True)
+    for inputs in capture.attention_inputs.values():
+        inputs.mask, inputs.is_causal = None, causal
+    implicit = prompt_plugin.analyse(capture, THRESHOLDS, detail=True)
+    assert explicit.keys() == implicit.keys()
+    for name, value in explicit.items():
+        np.testing.assert_allclose(np.asarray(implicit[name]), np.asarray(value), rtol=1e-6, err_msg=name)
+
+
 def test_padded_prompt_gets_the_metrics_of_the_same_prompt_unpadded(instrumented):
     telemetry = instrumented(capture_mode="full", plugin_options=SURPRISAL_ON)
     model = build_model("llama")
