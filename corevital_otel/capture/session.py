@@ -326,13 +326,14 @@ class CaptureSession:
             self.fail("steps", error)
 
     def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._is_mine() or "hidden_states" in self.failures:
+        # Runs for every layer of every step: kept to a few lookups.
+        if ACTIVE_CAPTURE.get() is not self or "hidden_states" in self.failures:
             return
         try:
             hidden = _first_tensor(output)
             if hidden is not None and hidden.dim() == 3:
                 self._stash.put_hidden(index, hidden)
-                if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
+                if self.steps_seen == 0 and self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                     self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001
             self.fail("hidden_states", error)
@@ -355,7 +356,7 @@ class CaptureSession:
                 if encoder_layer is not None and self._prompt_fits(query.shape[2]):
                     self._keep_prompt_attention(encoder_layer, module, query, key, mask, kwargs, causal=False)
                 return
-            if self._in_prefill() and self._prompt_fits(query.shape[2]):
+            if self.steps_seen == 0 and self._in_prefill() and self._prompt_fits(query.shape[2]):
                 self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
             if layer not in self._appending:
                 self._appending[layer] = cache_layer_appends(self.cache, layer)

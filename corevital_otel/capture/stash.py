@@ -141,12 +141,19 @@ class StepStash:
 
     def put_hidden(self, layer: int, hidden: torch.Tensor) -> None:
         """``hidden`` ``(rows, positions, dim)``: layer ``layer``'s output; its last position is kept."""
-        if not self.hidden_refs:
-            self._fit(_FLOAT_BYTES * self.num_layers * hidden.shape[0] * hidden.shape[2])
-        if hidden.shape[0] != self.rows:
-            self._check_rows(hidden.shape[0])
-        self.hidden_refs.append((self.filled, layer, *_kept(hidden, 1)))
-        self.hidden_layers[self.filled] += 1
+        # Runs for every layer of every step: one shape lookup, the usual case inline.
+        rows, positions, dim = hidden.shape
+        refs = self.hidden_refs
+        if not refs:
+            self._fit(_FLOAT_BYTES * self.num_layers * rows * dim)
+        if rows != self.rows:
+            self._check_rows(rows)
+        slot = self.filled
+        if positions == 1 and not hidden.is_inference():
+            refs.append((slot, layer, hidden, hidden._version))
+        else:
+            refs.append((slot, layer, *_kept(hidden, 1)))
+        self.hidden_layers[slot] += 1
 
     def put_logits(self, logits: torch.Tensor) -> None:
         """``logits`` ``(rows, positions, vocab)``: the forward pass' raw logits; its last position is kept
@@ -171,12 +178,15 @@ class StepStash:
         per_step: bool,
     ) -> None:
         """The layer's query ``(rows, heads, q_len, dim)`` and keys ``(rows, kv_heads, keys, dim)``."""
-        self._check_rows(query.shape[0])
+        rows, _, positions, _ = query.shape  # runs for every layer of every step: one shape lookup
+        if rows != self.rows:
+            self._check_rows(rows)
         state = self.keys[layer]
         count = key.shape[2]
         position_bias, softcap = kwargs.get("position_bias"), kwargs.get("softcap")
-        appends = state.key_count is None or count == state.key_count + query.shape[2]
-        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
+        appends = state.key_count is None or count == state.key_count + positions
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+            mask = None
         if per_step or position_bias is not None or not appends:
             self.settle(layer)  # the pending rows' keys are about to change: score them on the old ones
             probs, counts = new_query_probabilities(
@@ -185,12 +195,16 @@ class StepStash:
             state.settled.append((self.filled, probs[None], counts[None]))
         else:
             if not self.query_bytes_checked:
-                rows, heads, _, dim = query.shape
+                _, heads, _, dim = query.shape
                 # The stashed query rows and, at fold, the weights of every layer's rows over its keys.
                 self._fit(self.num_layers * rows * heads * (dim + count + self.capacity) * _FLOAT_BYTES)
                 self.query_bytes_checked = True
-            state.pending.append((self.filled, *_kept(query, 2)))
-            state.masks[self.filled] = mask
+            slot = self.filled
+            if positions == 1 and not query.is_inference():
+                state.pending.append((slot, query, query._version))
+            else:
+                state.pending.append((slot, *_kept(query, 2)))
+            state.masks[slot] = mask
         state.key, state.key_count = key, count
         state.scaling, state.softcap = kwargs.get("scaling"), softcap
         self.attention_layers[self.filled] += 1
@@ -351,6 +365,15 @@ class StepStash:
             return None, None
         rows, heads = reference.shape[1], reference.shape[2]
         widest = max(probs.shape[-1] for settled in runs for _, probs, _ in settled)
+        if all(len(settled) == 1 and settled[0][0] == 0 for settled in runs):
+            # One scored run per layer covering the block (the usual case): one stack, no zero fill.
+            parts = [settled[0] for settled in runs]
+            if all(probs.shape[0] >= steps and probs.shape[-1] == widest for _, probs, _ in parts):
+                weights = torch.stack([probs[:steps] for _, probs, _ in parts], dim=1)
+                counts = torch.stack([key_counts[:steps] for _, _, key_counts in parts], dim=1)
+                for settled in runs:
+                    settled.clear()
+                return weights, counts.long()
         weights = reference.new_zeros((steps, self.num_layers, rows, heads, widest))
         counts = torch.zeros((steps, self.num_layers, rows), dtype=torch.long, device=reference.device)
         for layer, settled in enumerate(runs):
