@@ -8,14 +8,15 @@ the first and last steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..results import GenerationResults, StepSeries
 from .budget import span_limits
-from .values import OMIT, clean_attribute, clean_mapping, encoded_size
+from .values import clean_mapping, encoded_size
 
 STEP_EVENT = "corevital.step"
 STEP_EVENTS_DROPPED = "corevital.step.events_dropped"
@@ -49,8 +50,45 @@ def choose_event_steps(
     return sorted(chosen)
 
 
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class _StepColumns:
+    """Every per-step scalar series at the chosen steps, padding steps as NaN, as Python values: one numpy
+    pass per series for all events instead of one per series and event."""
+
+    def __init__(self, series: StepSeries, steps: Sequence[int]) -> None:
+        self.position = {step: index for index, step in enumerate(steps)}
+        self.one_row = series.mask.shape[1] == 1
+        chosen = np.asarray(steps, dtype=np.int64)
+        mask = series.mask[chosen]
+        self.columns = {
+            name: np.where(mask, array[chosen], np.nan).tolist()
+            for name, array in series.arrays.items()
+            if array.ndim == 2
+        }
+
+    def values(self, step: int) -> Iterator[tuple[str, Any]]:
+        """``(series name, value)`` at ``step``: one entry per row (a plain value when there is one row;
+        a non-finite one is left out), None for a non-finite entry of several rows."""
+        index = self.position[step]
+        for name, column in self.columns.items():
+            rows = column[index]
+            if self.one_row:
+                value = _finite_or_none(rows[0])
+                if value is not None:
+                    yield name, value
+            else:
+                yield name, tuple(_finite_or_none(value) for value in rows)
+
+
 def step_event_attributes(
-    series: StepSeries, step: int, reasons: list[str], token_text: TokenText | None = None
+    series: StepSeries,
+    step: int,
+    reasons: list[str],
+    token_text: TokenText | None = None,
+    columns: _StepColumns | None = None,
 ) -> dict[str, Any]:
     """One event's attributes: the step index and each per-step scalar series, one entry per row (a plain
     value when there is one row)."""
@@ -59,15 +97,9 @@ def step_event_attributes(
         attributes["corevital.step.reasons"] = tuple(reasons)
     if token_text is not None:  # only when content capture is on
         attributes["corevital.step.token_text"] = token_text(series.tokens[step].tolist())
-    one_row = series.mask.shape[1] == 1
-    for name, array in series.arrays.items():
-        if array.ndim == 2:
-            values = np.where(series.mask[step], array[step], np.nan)
-            value = clean_attribute(values)
-            if one_row:
-                value = value[0] if value[0] is not None else OMIT
-            if value is not OMIT:
-                attributes[f"corevital.{name}"] = value
+    columns = _StepColumns(series, [step]) if columns is None else columns
+    for name, value in columns.values(step):
+        attributes[f"corevital.{name}"] = value
     return attributes
 
 
@@ -100,9 +132,11 @@ def emit_step_events(
     A ``compact`` span keeps the first and last steps besides the earliest flagged ones."""
     room = event_room(span, max_events)
     steps = choose_event_steps(series.steps, results.flagged_steps, room, ends_first=compact)
+    columns = _StepColumns(series, steps)
     emitted = 0
     for step in steps:
-        attributes = step_event_attributes(series, step, results.flagged_steps.get(step, []), token_text)
+        reasons = results.flagged_steps.get(step, [])
+        attributes = step_event_attributes(series, step, reasons, token_text, columns)
         byte_budget -= _event_size(attributes)
         if byte_budget < 0:
             break
