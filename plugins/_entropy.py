@@ -13,11 +13,13 @@ LN2 = math.log(2.0)
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def entropy_nats(probs: torch.Tensor) -> torch.Tensor:
-    """Entropy over the last dimension, in nats.
+def entropy_nats(probs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy over the last dimension, in nats (``out``: a float32 buffer shaped like ``probs`` for the
+    temporaries, reused by callers that slice a block).
 
     A zero probability contributes 0 (0·log 0 = 0), so masked logits and zero-filled attention keys are
     harmless; a NaN anywhere in the row still makes the entropy NaN (clamp and log keep NaN), so a broken
     row can never look confident.
     """
-    return -torch.linalg.vecdot(probs, probs.clamp(min=_TINY).log())
+    logs = torch.clamp(probs, min=_TINY, out=out).log_()
+    return -torch.mul(probs, logs, out=logs).sum(dim=-1)  # what vecdot computes, without a new product

@@ -9,8 +9,6 @@ would only add kernel launches: a block is one slice there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 CACHE_SLICE_ELEMENTS = 1 << 18
@@ -24,14 +22,8 @@ def cache_slices(steps: int, per_step: int, device: torch.device | None) -> list
     return [slice(start, min(steps, start + width)) for start in range(0, steps, width)]
 
 
-def by_slices(
-    compute: Callable[[slice], dict[str, torch.Tensor]],
-    steps: int,
-    per_step: int,
-    device: torch.device | None,
-) -> dict[str, torch.Tensor]:
-    """``compute(window)`` for each cache slice of the steps, its tensors joined along the steps."""
-    parts = [compute(window) for window in cache_slices(steps, per_step, device)]
+def join_slices(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The results of consecutive slices joined along the steps."""
     if len(parts) == 1:
         return parts[0]
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}

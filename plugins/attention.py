@@ -17,7 +17,7 @@ import torch
 from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2, entropy_nats
 from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
-from corevital_otel.plugins._slices import by_slices
+from corevital_otel.plugins._slices import cache_slices, join_slices
 from corevital_otel.plugins._summary import publish, wants_detail
 
 # The threshold profile this plugin reads (plugins/_profiles.py).
@@ -54,12 +54,16 @@ def row_statistics(attention: torch.Tensor) -> dict[str, torch.Tensor]:
     computed over cache-sized slices of the first dimension. Both are NaN exactly when a weight of the row
     is (a softmax weight is never infinite)."""
     attention = attention.float()
+    slices = cache_slices(attention.shape[0], attention[0].numel(), attention.device)
+    widest = max(window.stop - window.start for window in slices)
+    work = attention.new_empty((widest, *attention.shape[1:]))  # one buffer for every slice's temporaries
 
     def rows(window: slice) -> dict[str, torch.Tensor]:
         part = attention[window]
-        return {"nats": entropy_nats(part), "concentration": part.amax(dim=-1)}
+        nats = entropy_nats(part, out=work[: window.stop - window.start])
+        return {"nats": nats, "concentration": part.amax(dim=-1)}
 
-    return by_slices(rows, attention.shape[0], attention[0].numel(), attention.device)
+    return join_slices([rows(window) for window in slices])
 
 
 def block_row_statistics(block: StepBlock) -> dict[str, torch.Tensor]:

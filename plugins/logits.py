@@ -13,7 +13,7 @@ import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
 from corevital_otel.plugins._entropy import LN2
-from corevital_otel.plugins._slices import by_slices
+from corevital_otel.plugins._slices import cache_slices, join_slices
 from corevital_otel.plugins._summary import publish, real_values
 
 COREVITAL_PLUGIN_NAME = "logits"
@@ -67,7 +67,11 @@ def largest_values(values: torch.Tensor, k: int) -> torch.Tensor:
     return candidates.topk(k, dim=-1).values
 
 
-def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def logit_statistics(
+    logits: torch.Tensor,
+    chosen: torch.Tensor | None,
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Statistics of raw logits ``(..., vocab)`` per leading index (a row, or a step and a row);
     ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None.
 
@@ -75,21 +79,27 @@ def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[
     logits ``d = z - m``, ``e = exp(d)``, ``S = sum(e)`` and ``sum(e * d)``; with ``p = e / S``, entropy is
     ``log S - sum(e * d) / S`` nats and ``log p_i = d_i - log S``. Masked logits (-inf) are clamped to a
     shift whose exponential is exactly 0, so they contribute nothing; a NaN or +inf logit makes every
-    statistic of its row NaN.
+    statistic of its row NaN. ``scratch``: two float32 tensors shaped like ``logits`` for the temporaries
+    (reused across the slices of a block: fresh ones per slice made the allocator map and fault pages in
+    for every slice); ``logits`` itself is never written.
     """
     z = logits.float()
     top = largest_values(z, min(_TOP_K_MASS, z.shape[-1]))
     largest = top[..., :1]
-    shifted = (z - largest).clamp_(min=_LOWEST_SHIFT)
-    weights = shifted.exp()
-    total = weights.sum(dim=-1)
-    log_total = total.log()
-    entropy = (log_total - torch.linalg.vecdot(weights, shifted) / total) / LN2
-    top_probs = (top - largest).exp() / total.unsqueeze(-1)
-    second = top_probs[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top_probs[..., 0])
+    shift_buffer, weight_buffer = (None, None) if scratch is None else scratch
+    shifted = torch.sub(z, largest, out=shift_buffer).clamp_(min=_LOWEST_SHIFT)
     if chosen is not None:
         chosen = chosen.long()
         picked = shifted.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    weights = torch.exp(shifted, out=weight_buffer)
+    total = weights.sum(dim=-1)
+    log_total = total.log()
+    # sum(e * d) as vecdot computes it, the product written over ``shifted`` (read no more after this).
+    spread = torch.mul(weights, shifted, out=shifted).sum(dim=-1)
+    entropy = (log_total - spread / total) / LN2
+    top_probs = (top - largest).exp() / total.unsqueeze(-1)
+    second = top_probs[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top_probs[..., 0])
+    if chosen is not None:
         surprisal = torch.where(
             chosen >= 0, (log_total - picked) / LN2, torch.full_like(picked, float("nan"))
         )
@@ -106,25 +116,32 @@ def logit_statistics(logits: torch.Tensor, chosen: torch.Tensor | None) -> dict[
     }
 
 
-def _has_positive_infinity(logits: torch.Tensor) -> torch.Tensor:
-    """``(...)`` True where a row holds a +inf logit, NaN or not. Compared into a float tensor and
-    reduced with max(): a bool result and any() cost several times more on the CPU."""
-    hits = torch.eq(logits, float("inf"), out=torch.empty_like(logits, dtype=torch.float32))
-    return hits.amax(dim=-1) > 0
+def _has_positive_infinity(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(...)`` True where a row holds a +inf logit, NaN or not. Compared into a float tensor (``out``,
+    a float32 buffer shaped like ``logits``, when given) and reduced with max(): a bool result and any()
+    cost several times more on the CPU."""
+    out = torch.empty_like(logits, dtype=torch.float32) if out is None else out
+    return torch.eq(logits, float("inf"), out=out).amax(dim=-1) > 0
 
 
 def _block_pass(block: StepBlock) -> dict[str, torch.Tensor]:
     """Everything plugins read from a block's logits, in one pass family over cache-sized slices of steps
     (``_slices``): :func:`logit_statistics`, the largest logit and where a +inf logit is."""
     chosen = block.chosen if any(block.chosen_known) else None
+    step_shape = block.logit_step_shape
+    slices = cache_slices(block.steps, step_shape.numel(), block.device)
+    # Three slice-sized buffers for the whole block: the stacked logits and two for the temporaries.
+    widest = max(window.stop - window.start for window in slices)
+    buffers = torch.empty((3, widest, *step_shape), dtype=torch.float32, device=block.device)
 
     def pass_over(window: slice) -> dict[str, torch.Tensor]:
-        part = block.logits_window(window)  # stacked a slice at a time while the block is per step
-        statistics = logit_statistics(part, None if chosen is None else chosen[window])
-        statistics["logits.positive_infinity"] = _has_positive_infinity(part)
+        stacked, shifted, weights = buffers[:, : window.stop - window.start]
+        part = block.logits_window(window, out=stacked)  # a slice at a time while the block is per step
+        statistics = logit_statistics(part, None if chosen is None else chosen[window], (shifted, weights))
+        statistics["logits.positive_infinity"] = _has_positive_infinity(part, out=shifted)
         return statistics
 
-    return by_slices(pass_over, block.steps, block.logit_step_shape.numel(), block.device)
+    return join_slices([pass_over(window) for window in slices])
 
 
 def _memo_pass(block: StepBlock) -> dict[str, torch.Tensor]:

@@ -57,10 +57,15 @@ class PerStep:
     def device(self) -> torch.device:
         return self.parts[0].device
 
-    def stack(self, window: slice | None = None) -> torch.Tensor:
-        parts = self.parts if window is None else self.parts[window]
+    def stack(self, window: slice | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The parts (of ``window``) stacked as float32, into ``out`` when given (a reusable buffer)."""
+        parts = list(self.parts if window is None else self.parts[window])
         self.check(parts)
-        return torch.stack(list(parts)).float()
+        if out is None:
+            return torch.stack(parts).float()
+        if parts[0].dtype == torch.float32:
+            return torch.stack(parts, out=out)
+        return out.copy_(torch.stack(parts))
 
     def window(self, window: slice) -> PerStep:
         return PerStep(self.parts[window], self.check)
@@ -135,10 +140,13 @@ class StepBlock:
         value = self.__dict__["_logits"]
         return None if value is None else value.step_shape if isinstance(value, PerStep) else value.shape[1:]
 
-    def logits_window(self, window: slice) -> torch.Tensor | None:
-        """``logits[window]`` float32, stacking only those steps while the block is still per-step."""
+    def logits_window(self, window: slice, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``logits[window]`` float32, stacking only those steps (into ``out``, a float32 buffer of that
+        shape, when given) while the block is still per step; a view once it was stacked whole."""
         value = self.__dict__["_logits"]
-        return value.stack(window) if isinstance(value, PerStep) else None if value is None else value[window]
+        if isinstance(value, PerStep):
+            return value.stack(window, out)
+        return None if value is None else value[window].float()
 
     def step(self, offset: int) -> StepCapture:
         """Step ``start + offset`` as a :class:`StepCapture` (views, no copies)."""
