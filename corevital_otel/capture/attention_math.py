@@ -12,12 +12,16 @@ import math
 import torch
 
 
-def _scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
-    """q·Kᵀ·scale, ``(rows, heads, q_len, keys)`` float32; grouped KV heads are read, not repeated."""
+def _scores(
+    query: torch.Tensor, key: torch.Tensor, scaling: float | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """q·Kᵀ·scale, ``(rows, heads, q_len, keys)`` float32 (into ``out``, contiguous, when given); grouped
+    KV heads are read, not repeated."""
     rows, heads, q_len, dim = query.shape
     kv_heads, num_keys = key.shape[1], key.shape[2]
     q = query.float().reshape(rows, kv_heads, heads // kv_heads * q_len, dim)
-    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(rows, heads, q_len, num_keys)
+    grouped = None if out is None else out.view(rows, kv_heads, heads // kv_heads * q_len, num_keys)
+    scores = torch.matmul(q, key.float().transpose(-1, -2), out=grouped).view(rows, heads, q_len, num_keys)
     return scores.mul_(scaling if scaling is not None else 1.0 / math.sqrt(dim))  # a fresh tensor: in place
 
 
@@ -81,23 +85,30 @@ def query_probabilities(
 
 
 def staircase_probabilities(
-    query: torch.Tensor, key: torch.Tensor, first: int, scaling: float | None, softcap: float | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    first: int,
+    scaling: float | None,
+    softcap: float | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weights ``(rows, heads, n, keys)`` of ``n`` query rows where row ``i`` may see the first
-    ``first + i`` keys and nothing else masks (the rows of consecutive steps of an appending cache).
+    ``first + i`` keys and nothing else masks (the rows of consecutive steps of an appending cache);
+    written into ``out`` (contiguous, float32) when given.
 
     What :func:`query_probabilities` gives with that staircase as the mask, but only the last ``n - 1``
     keys are masked: the keys every row saw need no mask, and a full-size masked fill costs as much as
-    the scoring itself on the CPU.
+    the scoring itself on the CPU. Every step is in place on the scores: no other tensor that size.
     """
     rows = query.shape[2]
-    scores = _scores(query, key, scaling)
+    scores = _scores(query, key, scaling, out)
     if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+        scores.div_(softcap).tanh_().mul_(softcap)
     if rows > 1:  # row i may not see the tail's key j >= i (overwritten, not added: it may be NaN)
         blocked = torch.ones(rows, rows - 1, dtype=torch.bool, device=query.device).triu_()
         scores[..., first:].masked_fill_(blocked, torch.finfo(torch.float32).min)
-    return torch.softmax(scores, dim=-1)
+    # torch.softmax into the scores themselves (aten's out= form; a row is read before it is written).
+    return torch._softmax(scores, -1, False, out=scores)
 
 
 def new_query_probabilities(

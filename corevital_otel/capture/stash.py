@@ -345,18 +345,52 @@ class StepStash:
         if [(slot, layer) for slot, layer, _, _ in kept] == in_order:
             # Every layer of every step, in order (the usual case): one concatenation, no index tensor
             # (building one would copy from the host to the model's device).
-            gathered = torch.cat([_unchanged(tensor, version) for _, _, tensor, version in kept], dim=1)
-            return gathered.unflatten(1, (steps, layers)).permute(1, 2, 0, 3).float().contiguous()
+            gathered = torch.stack([_unchanged(tensor, version) for _, _, tensor, version in kept])
+            return gathered.view(steps, layers, self.rows, first.shape[-1]).float()  # one copy, in order
         shape = (steps, layers, self.rows, first.shape[-1])
         hidden = torch.zeros(shape, dtype=torch.float32, device=first.device)
         for slot, layer, tensor, version in kept:  # some step missed a layer: that step is left out later
             hidden[slot, layer] = _unchanged(tensor, version)[:, 0]
         return hidden
 
+    def _staircase_block(self, steps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The usual block, scored into one buffer: every layer's rows of steps ``0 .. steps - 1`` pending
+        against the same number of keys, with no mask and nothing settled. None for any other block.
+
+        The weights are laid out ``(layers, rows, heads, steps, keys)``, as the scoring produces them, and
+        handed on as a ``(steps, layers, rows, heads, keys)`` view: no tensor per layer, no stacking."""
+        states = self.keys
+        count = states[0].key_count
+        in_order = list(range(steps))
+        for state in states:
+            if (
+                state.settled
+                or state.key is None
+                or state.key_count != count
+                or [slot for slot, _, _ in state.pending] != in_order
+                or any(mask is not None for mask in state.masks.values())
+            ):
+                return None
+        assert count is not None  # every layer's key tensor is known
+        first = count - (steps - 1)
+        reference = states[0].pending[0][1]
+        rows, heads, _, _ = reference.shape
+        weights = torch.empty((len(states), rows, heads, steps, count), device=reference.device)
+        for layer, state in enumerate(states):
+            queries = torch.cat([_unchanged(query, version) for _, query, version in state.pending], dim=2)
+            staircase_probabilities(queries, state.key, first, state.scaling, state.softcap, weights[layer])
+            state.pending.clear()
+            state.masks.clear()
+        counts = (torch.arange(steps, device=reference.device) + first)[:, None, None]
+        return weights.permute(3, 0, 1, 2, 4), counts.expand(steps, len(states), rows).contiguous()
+
     def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key counts."""
         if not any(self.attention_layers[:steps]):
             return None, None
+        block = self._staircase_block(steps)
+        if block is not None:
+            return block
         for layer in range(self.num_layers):
             self.settle(layer)
         runs = [self.keys[layer].settled for layer in range(self.num_layers)]
@@ -365,15 +399,6 @@ class StepStash:
             return None, None
         rows, heads = reference.shape[1], reference.shape[2]
         widest = max(probs.shape[-1] for settled in runs for _, probs, _ in settled)
-        if all(len(settled) == 1 and settled[0][0] == 0 for settled in runs):
-            # One scored run per layer covering the block (the usual case): one stack, no zero fill.
-            parts = [settled[0] for settled in runs]
-            if all(probs.shape[0] >= steps and probs.shape[-1] == widest for _, probs, _ in parts):
-                weights = torch.stack([probs[:steps] for _, probs, _ in parts], dim=1)
-                counts = torch.stack([key_counts[:steps] for _, _, key_counts in parts], dim=1)
-                for settled in runs:
-                    settled.clear()
-                return weights, counts.long()
         weights = reference.new_zeros((steps, self.num_layers, rows, heads, widest))
         counts = torch.zeros((steps, self.num_layers, rows), dtype=torch.long, device=reference.device)
         for layer, settled in enumerate(runs):
