@@ -20,7 +20,7 @@ largest among them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -157,11 +157,17 @@ class _SparseTop:
     query: torch.Tensor | None = None
     key: torch.Tensor | None = None
     above: torch.Tensor | None = None  # (prompts, heads) weights above the threshold seen so far
+    # A buffer the comparisons reuse, shared by the layers of one prompt: a fresh tensor that size per
+    # layer and chunk made the allocator map and fault pages in each time.
+    work: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, weights: torch.Tensor, first_query: int, query_step: int = 1) -> None:
         prompts, heads, queries, keys = weights.shape
+        compared = self.work.get("compared")
+        if compared is None or compared.shape != weights.shape:
+            compared = self.work["compared"] = torch.empty_like(weights)
         # Compared into a float tensor: a bool result and its sum cost 8x more on the CPU.
-        above = torch.gt(weights, self.threshold, out=torch.empty_like(weights)).sum(dim=(-1, -2)).long()
+        above = torch.gt(weights, self.threshold, out=compared).sum(dim=(-1, -2)).long()
         # The ``cap`` largest weights of a head lie in its ``cap`` query rows with the largest maxima
         # (any other row's weights are all below ``cap`` larger ones): search those rows only.
         rows = weights.amax(dim=-1).topk(min(self.cap, queries), dim=-1).indices  # (prompts, heads, rows)
@@ -345,13 +351,15 @@ def measure(
     basins: list[torch.Tensor] = []
     thirds: dict[range, tuple[torch.Tensor, ...]] = {}
     queries = sampled_queries(rows.length, attention_queries)
+    work: dict[str, torch.Tensor] = {}
     for layer in range(layers):
-        top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold)
+        top = _SparseTop(thresholds.prompt_sparse_max_per_head, thresholds.prompt_sparse_threshold, work=work)
         basin = layer_attention(prompt, layer, rows, top if detail else None, thirds, queries)
         if basin is None:
             break  # attention of some layer was not captured: basin scores would be incomplete
         basins.append(basin)
         tops.append(top)
+    work.clear()
     return PromptMeasures(
         rows.count,
         rows.length,

@@ -25,6 +25,13 @@ def _scores(
     return scores.mul_(scaling if scaling is not None else 1.0 / math.sqrt(dim))  # a fresh tensor: in place
 
 
+def _softmax_in_place(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension written over ``scores`` (a float32 tensor of our own): aten's out=
+    form of torch.softmax (same values; a row is read before it is written), so no second tensor that
+    size is allocated."""
+    return torch._softmax(scores, -1, False, out=scores)
+
+
 def allowed_keys(mask: torch.Tensor) -> torch.Tensor:
     """Where a boolean (True = may attend) or additive float attention mask lets a query attend."""
     return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
@@ -74,14 +81,13 @@ def query_probabilities(
         allowed = (torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None])[None, None]
         scores.masked_fill_(~allowed, torch.finfo(torch.float32).min)
         if num_keys >= q_len:  # then every query sees at least the first key: no row to zero
-            return torch.softmax(scores, dim=-1)
+            return _softmax_in_place(scores)
     else:
-        return torch.softmax(scores, dim=-1)
+        return _softmax_in_place(scores)
     # Blocked keys get exactly 0 from the softmax (exp of the lowest float); a query with no allowed key
     # would get uniform weights over keys it may not see: its row is multiplied by 0 (a small broadcast
     # multiply: a full-size masked fill after the softmax cost a third of the whole scoring on the CPU).
-    probs = torch.softmax(scores, dim=-1)
-    return probs.mul_(allowed.any(dim=-1, keepdim=True))
+    return _softmax_in_place(scores).mul_(allowed.any(dim=-1, keepdim=True))
 
 
 def staircase_probabilities(
@@ -107,8 +113,7 @@ def staircase_probabilities(
     if rows > 1:  # row i may not see the tail's key j >= i (overwritten, not added: it may be NaN)
         blocked = torch.ones(rows, rows - 1, dtype=torch.bool, device=query.device).triu_()
         scores[..., first:].masked_fill_(blocked, torch.finfo(torch.float32).min)
-    # torch.softmax into the scores themselves (aten's out= form; a row is read before it is written).
-    return torch._softmax(scores, -1, False, out=scores)
+    return _softmax_in_place(scores)
 
 
 def new_query_probabilities(
