@@ -1,4 +1,4 @@
-"""The block of steps being captured: buffers the hooks copy each new position into, folded in one pass.
+"""The block of steps being captured: what the hooks keep of each new position, folded in one pass.
 
 Per step the hooks do only what cannot wait: keep references to the new position's raw logits, each
 layer's output, its query and the key tensor it attended with (a decoding step's logits, output and query
@@ -18,6 +18,7 @@ cache type not known to append are scored at once, per step, on the keys that st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -93,7 +94,7 @@ class _KeptSteps:
     def __init__(self, versions: dict[int, int | None]) -> None:
         self.versions = versions  # id(part) -> version when kept
 
-    def __call__(self, parts) -> None:
+    def __call__(self, parts: Sequence[torch.Tensor]) -> None:
         for part in parts:
             _unchanged(part, self.versions[id(part)])
 

@@ -1,0 +1,82 @@
+"""A block's logits arrive as one reference per step and are stacked only when read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corevital_otel.capture.records import PerStep, StepBlock
+
+
+def _block(parts: list[torch.Tensor], checked: list[int] | None = None) -> StepBlock:
+    def check(seen) -> None:
+        if checked is not None:
+            checked.append(len(seen))
+
+    return StepBlock(
+        start=0,
+        steps=len(parts),
+        rows=parts[0].shape[0],
+        logits=PerStep(parts, check),
+        hidden=None,
+        attention=None,
+        attention_keys=None,
+        chosen=None,
+    )
+
+
+def test_questions_about_the_logits_do_not_stack_them() -> None:
+    checked: list[int] = []
+    block = _block([torch.randn(2, 5) for _ in range(3)], checked)
+    assert block.has_logits
+    assert block.logit_step_shape == (2, 5)
+    assert block.device == torch.device("cpu")
+    assert checked == []  # nothing read, nothing stacked
+
+
+def test_logits_are_stacked_once_when_read_and_equal_the_steps() -> None:
+    checked: list[int] = []
+    parts = [torch.randn(2, 5) for _ in range(3)]
+    block = _block(parts, checked)
+    assert torch.equal(block.logits, torch.stack(parts))
+    assert block.logits is block.logits  # stacked once
+    assert checked == [3]
+
+
+def test_a_window_stacks_only_its_steps_into_the_given_buffer() -> None:
+    parts = [torch.randn(2, 5) for _ in range(4)]
+    block = _block(parts)
+    buffer = torch.empty(2, 2, 5)
+    window = block.logits_window(slice(1, 3), out=buffer)
+    assert window.data_ptr() == buffer.data_ptr()
+    assert torch.equal(window, torch.stack(parts[1:3]))
+    # Once stacked whole, a window is a view of the stacked tensor.
+    assert torch.equal(block.logits_window(slice(1, 3)), block.logits[1:3])
+
+
+def test_half_precision_logits_are_read_as_float32() -> None:
+    parts = [torch.randn(1, 4).half() for _ in range(2)]
+    block = _block(parts)
+    assert block.logits_window(slice(0, 2), out=torch.empty(2, 1, 4)).dtype == torch.float32
+    assert block.logits.dtype == torch.float32
+    assert torch.equal(block.logits, torch.stack(parts).float())
+
+
+def test_the_check_runs_before_anything_is_read() -> None:
+    def changed(parts) -> None:
+        raise RuntimeError("changed in place")
+
+    block = StepBlock(0, 1, 1, PerStep([torch.zeros(1, 3)], changed), None, None, None, None)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        block.logits_window(slice(0, 1))
+    with pytest.raises(RuntimeError, match="changed in place"):
+        _ = block.logits
+
+
+def test_a_block_without_logits() -> None:
+    block = StepBlock(0, 1, 1, None, None, None, None, torch.zeros(1, 1, dtype=torch.long))
+    assert not block.has_logits
+    assert block.logits is None
+    assert block.logit_step_shape is None
+    assert block.logits_window(slice(0, 1)) is None
+    assert block.device == torch.device("cpu")  # from the chosen tokens
