@@ -326,7 +326,8 @@ class CaptureSession:
             self.fail("steps", error)
 
     def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        # Runs for every layer of every step: kept to a few lookups.
+        # Runs for every layer of every step: kept to a few lookups (``steps_seen == 0`` before the call
+        # to ``_in_prefill``: decoding steps stop at the comparison).
         if ACTIVE_CAPTURE.get() is not self or "hidden_states" in self.failures:
             return
         try:
