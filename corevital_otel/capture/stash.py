@@ -88,6 +88,12 @@ def _unchanged(tensor: torch.Tensor, version: int | None) -> torch.Tensor:
     return tensor
 
 
+def _pending_queries(state: _LayerKeys) -> torch.Tensor:
+    """``(rows, heads, n, dim)`` float32: the layer's pending query rows (one position each), in order,
+    each checked unchanged since it was kept."""
+    return torch.cat([_unchanged(query, version) for _, query, version in state.pending], dim=2).float()
+
+
 class _KeptSteps:
     """Per-step references and the versions they had when kept: what a :class:`PerStep` checks."""
 
@@ -142,18 +148,14 @@ class StepStash:
 
     def put_hidden(self, layer: int, hidden: torch.Tensor) -> None:
         """``hidden`` ``(rows, positions, dim)``: layer ``layer``'s output; its last position is kept."""
-        # Runs for every layer of every step: one shape lookup, the usual case inline.
-        rows, positions, dim = hidden.shape
+        rows, _, dim = hidden.shape  # runs for every layer of every step: one shape lookup
         refs = self.hidden_refs
         if not refs:
             self._fit(_FLOAT_BYTES * self.num_layers * rows * dim)
         if rows != self.rows:
             self._check_rows(rows)
         slot = self.filled
-        if positions == 1 and not hidden.is_inference():
-            refs.append((slot, layer, hidden, hidden._version))
-        else:
-            refs.append((slot, layer, *_kept(hidden, 1)))
+        refs.append((slot, layer, *_kept(hidden, 1)))
         self.hidden_layers[slot] += 1
 
     def put_logits(self, logits: torch.Tensor) -> None:
@@ -201,10 +203,7 @@ class StepStash:
                 self._fit(self.num_layers * rows * heads * (dim + count + self.capacity) * _FLOAT_BYTES)
                 self.query_bytes_checked = True
             slot = self.filled
-            if positions == 1 and not query.is_inference():
-                state.pending.append((slot, query, query._version))
-            else:
-                state.pending.append((slot, *_kept(query, 2)))
+            state.pending.append((slot, *_kept(query, 2)))
             state.masks[slot] = mask
         state.key, state.key_count = key, count
         state.scaling, state.softcap = kwargs.get("scaling"), softcap
@@ -237,8 +236,7 @@ class StepStash:
             state.pending.clear()
             return
         slots = [slot for slot, _, _ in state.pending]
-        newest = [_unchanged(query, version) for _, query, version in state.pending]
-        queries = torch.cat(newest, dim=2).float()  # (rows, heads, n, dim): one position each
+        queries = _pending_queries(state)
         last = state.key_count
         first = last - (len(slots) - 1)  # append-only: one more key per pending step
         steps = torch.arange(len(slots), device=queries.device)
@@ -378,7 +376,7 @@ class StepStash:
         rows, heads, _, _ = reference.shape
         weights = torch.empty((len(states), rows, heads, steps, count), device=reference.device)
         for layer, state in enumerate(states):
-            queries = torch.cat([_unchanged(query, version) for _, query, version in state.pending], dim=2)
+            queries = _pending_queries(state)
             staircase_probabilities(queries, state.key, first, state.scaling, state.softcap, weights[layer])
             state.pending.clear()
             state.masks.clear()
