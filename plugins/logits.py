@@ -19,8 +19,8 @@ from corevital_otel.plugins._summary import publish, real_values
 COREVITAL_PLUGIN_NAME = "logits"
 _TOP_K_MASS = 10
 _CHUNK = 128  # vocabulary entries per chunk when searching the top-k (see largest_values)
-# Shifted logits below this (masked ones are -inf) are clamped: exp() of it is exactly 0 in float32, and
-# 0 * shift is 0 where 0 * -inf would be NaN.
+# A chosen token's shifted logit below this (a masked one is -inf) is clamped to it: its surprisal stays a
+# large finite number.
 _LOWEST_SHIFT = -1.0e4
 
 _BIT_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
@@ -37,6 +37,7 @@ _AGGREGATES = (
 
 
 _LARGEST = "logits.largest"  # the top-1 raw logit: NaN when any logit is, as max() gives it
+_POSITIVE_INFINITY = "logits.positive_infinity"  # whether a row holds a +inf logit
 # The step series logit_statistics gives (plugins export these).
 STATISTICS = (
     "logits.entropy",
@@ -77,25 +78,30 @@ def logit_statistics(
 
     Few passes over the vocabulary: one top-k (the largest logit ``m`` and the top-10), then the shifted
     logits ``d = z - m``, ``e = exp(d)``, ``S = sum(e)`` and ``sum(e * d)``; with ``p = e / S``, entropy is
-    ``log S - sum(e * d) / S`` nats and ``log p_i = d_i - log S``. Masked logits (-inf) are clamped to a
-    shift whose exponential is exactly 0, so they contribute nothing; a NaN or +inf logit makes every
-    statistic of its row NaN. ``scratch``: two float32 tensors shaped like ``logits`` for the temporaries
-    (reused across the slices of a block: fresh ones per slice made the allocator map and fault pages in
-    for every slice); ``logits`` itself is never written.
+    ``log S - sum(e * d) / S`` nats and ``log p_i = d_i - log S``. A masked logit (-inf) has ``e = 0`` and
+    contributes nothing (its ``0 * -inf`` is left out of the sum); a NaN or +inf logit makes ``S``, and so
+    every statistic of its row, NaN. Also gives the largest logit and where a +inf logit is (for the
+    health plugin). ``scratch``: two float32 tensors shaped like ``logits`` for the shifted logits and the
+    exponentials (reused across the slices of a block: fresh ones per slice made the allocator map and
+    fault pages in for every slice); the first may be ``logits`` itself, which is then overwritten.
+    Otherwise ``logits`` is never written.
     """
     z = logits.float()
     top = largest_values(z, min(_TOP_K_MASS, z.shape[-1]))
     largest = top[..., :1]
     shift_buffer, weight_buffer = (None, None) if scratch is None else scratch
-    shifted = torch.sub(z, largest, out=shift_buffer).clamp_(min=_LOWEST_SHIFT)
+    positive_infinity = _has_positive_infinity(z, largest[..., 0], out=weight_buffer)  # before z is shifted
+    shifted = torch.sub(z, largest, out=shift_buffer)
     if chosen is not None:
         chosen = chosen.long()
-        picked = shifted.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        # Clamped like a masked logit's shift: a chosen -inf logit gets a large finite surprisal.
+        picked = shifted.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1).clamp(min=_LOWEST_SHIFT)
     weights = torch.exp(shifted, out=weight_buffer)
     total = weights.sum(dim=-1)
     log_total = total.log()
-    # sum(e * d) as vecdot computes it, the product written over ``shifted`` (read no more after this).
-    spread = torch.mul(weights, shifted, out=shifted).sum(dim=-1)
+    # sum(e * d), the product written over the exponentials (read no more); nansum leaves out a masked
+    # logit's 0 * -inf, and any other NaN there already made ``total`` NaN.
+    spread = weights.mul_(shifted).nansum(dim=-1)
     entropy = (log_total - spread / total) / LN2
     top_probs = (top - largest).exp() / total.unsqueeze(-1)
     second = top_probs[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top_probs[..., 0])
@@ -113,33 +119,38 @@ def logit_statistics(
         "logits.top10_mass": top_probs.sum(dim=-1),
         "logits.max_probability": top_probs[..., 0],
         _LARGEST: largest[..., 0],
+        _POSITIVE_INFINITY: positive_infinity,
     }
 
 
-def _has_positive_infinity(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``(...)`` True where a row holds a +inf logit, NaN or not. Compared into a float tensor (``out``,
-    a float32 buffer shaped like ``logits``, when given) and reduced with max(): a bool result and any()
-    cost several times more on the CPU."""
+def _has_positive_infinity(
+    logits: torch.Tensor, largest: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(...)`` True where a row holds a +inf logit, NaN or not. Without a NaN in the rows, their largest
+    logit says it; on the CPU, where reading that costs no device sync, only rows with a NaN pay a pass
+    over the logits. The pass compares into a float tensor (``out``, a float32 buffer shaped like
+    ``logits``, when given) and reduces with max(): a bool result and any() cost several times more there."""
+    if largest.device.type == "cpu" and not bool(largest.isnan().any()):
+        return largest == float("inf")
     out = torch.empty_like(logits, dtype=torch.float32) if out is None else out
     return torch.eq(logits, float("inf"), out=out).amax(dim=-1) > 0
 
 
 def _block_pass(block: StepBlock) -> dict[str, torch.Tensor]:
     """Everything plugins read from a block's logits, in one pass family over cache-sized slices of steps
-    (``_slices``): :func:`logit_statistics`, the largest logit and where a +inf logit is."""
+    (``_slices``): :func:`logit_statistics`, with the largest logit and where a +inf logit is."""
     chosen = block.chosen if any(block.chosen_known) else None
     step_shape = block.logit_step_shape
     slices = cache_slices(block.steps, step_shape.numel(), block.device)
-    # Three slice-sized buffers for the whole block: the stacked logits and two for the temporaries.
+    # Two slice-sized buffers for the whole block: the stacked logits (shifted in place) and the
+    # exponentials.
     widest = max(window.stop - window.start for window in slices)
-    buffers = torch.empty((3, widest, *step_shape), dtype=torch.float32, device=block.device)
+    buffers = torch.empty((2, widest, *step_shape), dtype=torch.float32, device=block.device)
 
     def pass_over(window: slice) -> dict[str, torch.Tensor]:
-        stacked, shifted, weights = buffers[:, : window.stop - window.start]
+        stacked, weights = buffers[:, : window.stop - window.start]
         part = block.logits_window(window, out=stacked)  # a slice at a time while the block is per step
-        statistics = logit_statistics(part, None if chosen is None else chosen[window], (shifted, weights))
-        statistics["logits.positive_infinity"] = _has_positive_infinity(part, out=shifted)
-        return statistics
+        return logit_statistics(part, None if chosen is None else chosen[window], (part, weights))
 
     return join_slices([pass_over(window) for window in slices])
 
@@ -157,7 +168,7 @@ def largest_logit(block: StepBlock) -> torch.Tensor:
 
 def positive_infinite_logit(block: StepBlock) -> torch.Tensor:
     """``(steps, rows)`` True where a +inf logit was produced (-inf is a legitimate mask)."""
-    return _memo_pass(block)["logits.positive_infinity"]
+    return _memo_pass(block)[_POSITIVE_INFINITY]
 
 
 def block_statistics(block: StepBlock) -> dict[str, torch.Tensor]:

@@ -79,6 +79,24 @@ def test_step_evidence_of_nan_and_inf_per_layer_row_and_source():
     assert health.nonfinite_step_values(clean)["health.nonfinite"].tolist() == [0.0, 0.0]
 
 
+def test_a_positive_infinite_logit_is_found_beside_a_nan_or_alone():
+    # Without a NaN the largest logit tells whether a row holds +inf; a NaN hides it, so those rows are
+    # searched: both ways must give the same evidence.
+    logits = torch.randn(4, 10)
+    logits[0, 1], logits[0, 5] = float("nan"), float("inf")
+    logits[1, 2] = float("nan")
+    logits[2, 7] = float("inf")
+    logits[3, 0] = float("-inf")  # a mask, not an overflow
+    step = StepCapture(0, 4, logits, None, None, None, None)
+    values = health.nonfinite_step_values(step)
+    assert values["health.logits_nonfinite"].tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    without_nan = StepCapture(0, 2, logits[2:], None, None, None, None)
+    assert health.nonfinite_step_values(without_nan)["health.logits_nonfinite"].tolist() == [
+        [0.0, 1.0],
+        [0.0, 0.0],
+    ]
+
+
 def test_nan_in_one_layer_is_detected_named_and_exported_safely(instrumented):
     telemetry = instrumented(capture_mode="full")
     span = corrupted(telemetry, 4, layer=2, value=float("nan"), from_call=3)
