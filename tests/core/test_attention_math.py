@@ -63,3 +63,17 @@ def test_staircase_rows_equal_the_general_masked_scoring(rows):
     expected = query_probabilities(query, key, allowed, 0.3, softcap=5.0)
     torch.testing.assert_close(got, expected, equal_nan=True)
     assert not got[:, :, : rows - 1].isnan().any()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_causal_query_never_sees_a_later_non_finite_key(value):
+    """Blocked keys are overwritten, not added to: a later position's NaN or +inf key leaves every
+    earlier query exact, and only the queries that may see it turn NaN."""
+    torch.manual_seed(2)
+    query, key = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
+    key[0, :, 2] = value
+    got = query_probabilities(query, key, None, None, is_causal=True)
+    allowed = (torch.arange(4)[None, :] <= torch.arange(4)[:, None])[None, None]
+    clean = _reference(query, key, allowed)
+    torch.testing.assert_close(got[:, :, :2], clean[:, :, :2])
+    assert got[:, :, 2:].isnan().all()
