@@ -9,6 +9,8 @@ them); mean, std and max |x| only when the capture mode may export per-layer det
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
@@ -42,9 +44,14 @@ def hidden_block_values(hidden: torch.Tensor, detail: bool) -> dict[str, torch.T
         "hidden_states.layers.l2_norm": l2.transpose(1, 2),
     }
     if detail:
-        values["hidden_states.layers.mean"] = hidden.mean(dim=-1).transpose(1, 2)
-        values["hidden_states.layers.std"] = hidden.std(dim=-1, correction=0).transpose(1, 2)
-        values["hidden_states.layers.max_abs"] = hidden.abs().amax(dim=-1).transpose(1, 2)
+        mean = hidden.mean(dim=-1, keepdim=True)
+        # Two passes (centre, then a norm) instead of torch.std, whose Welford loop is 10-20x slower on the
+        # CPU; the values agree to float32 rounding. max |x| from two reductions, without an abs() copy.
+        std = torch.linalg.vector_norm(hidden - mean, dim=-1) / math.sqrt(hidden.shape[-1])
+        values["hidden_states.layers.mean"] = mean[..., 0].transpose(1, 2)
+        values["hidden_states.layers.std"] = std.transpose(1, 2)
+        max_abs = torch.maximum(hidden.amax(dim=-1), hidden.amin(dim=-1).neg_())
+        values["hidden_states.layers.max_abs"] = max_abs.transpose(1, 2)
     return values
 
 

@@ -49,6 +49,20 @@ def test_per_layer_statistics_match_a_reference(layers, rows, dim, scale, seed):
     np.testing.assert_allclose(values["hidden_states.l2_norm.max"].numpy(), l2.max(0), rtol=1e-5)
 
 
+def test_non_finite_states_give_what_torch_std_and_abs_max_give():
+    hidden = torch.randn(5, 1, 6)
+    hidden[0, 0, 2] = float("nan")
+    hidden[1, 0, 3] = float("inf")
+    hidden[2, 0, 1] = float("-inf")
+    hidden[3, 0, 0], hidden[3, 0, 4] = float("inf"), float("-inf")
+    values = hidden_step_values(hidden, detail=True)
+    torch.testing.assert_close(
+        values["hidden_states.layers.std"].T, hidden.std(dim=-1, correction=0), equal_nan=True
+    )
+    max_abs = values["hidden_states.layers.max_abs"].T
+    torch.testing.assert_close(max_abs, hidden.abs().amax(dim=-1), equal_nan=True)
+
+
 def test_summary_mode_skips_descriptive_statistics():
     values = hidden_step_values(torch.randn(3, 2, 8), detail=False)
     assert set(values) == {
