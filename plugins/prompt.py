@@ -172,7 +172,9 @@ class _SparseTop:
         # (any other row's weights are all below ``cap`` larger ones): search those rows only.
         rows = weights.amax(dim=-1).topk(min(self.cap, queries), dim=-1).indices  # (prompts, heads, rows)
         candidates = weights.gather(2, rows.unsqueeze(-1).expand(-1, -1, -1, keys))
-        candidates = torch.where(candidates > self.threshold, candidates, torch.full_like(candidates, -1.0))
+        # A NaN is never kept (as -1). Weights at or below the threshold may be among the largest when few
+        # are above it: they are dropped at export, like any weight below the threshold.
+        candidates = candidates.nan_to_num_(nan=-1.0)
         value, flat = candidates.reshape(prompts, heads, -1).topk(
             min(self.cap, rows.shape[-1] * keys), dim=-1
         )
