@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional
 
 from corevital_otel import GenerationInfo, GenerationResults, PromptCapture, hookimpl
 from corevital_otel.plugins import _options
@@ -116,10 +115,15 @@ def layer_transformation(prompt: PromptCapture, rows: PromptRows) -> torch.Tenso
     states = prompt.hidden_states or []
     result = torch.full((rows.count, len(states), rows.length), float("nan"), device=rows.real.device)
     previous = states[0][rows.select].float()
+    previous_norm = torch.linalg.vector_norm(previous, dim=-1).clamp_min_(1e-8)
     for layer in range(1, len(states)):
         current = states[layer][rows.select].float()  # one float copy per layer pair, not per stack
-        result[:, layer] = 1.0 - functional.cosine_similarity(previous, current, dim=-1)
-        previous = current
+        current_norm = torch.linalg.vector_norm(current, dim=-1).clamp_min_(1e-8)
+        # The cosine as torch's cosine_similarity defines it (each norm at least 1e-8), with each layer's
+        # norm computed once for both of its pairs: half the passes.
+        cosine = torch.linalg.vecdot(previous, current) / (previous_norm * current_norm)
+        result[:, layer] = 1.0 - cosine
+        previous, previous_norm = current, current_norm
     return torch.where(rows.real.unsqueeze(1), result, torch.full_like(result, float("nan")))
 
 
