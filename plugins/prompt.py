@@ -254,8 +254,9 @@ def layer_attention(
         real, seen, middle, count = thirds[part]
         counted = (real & (count >= 3)).float()
         # Invisible keys have weight 0: a row's total is its visible mass, and its middle third's mass is
-        # one batched product with the 0/1 span of keys from the third's first to its last position.
-        middle_mass = torch.einsum("phqk,pqk->phq", weights, middle)
+        # a row-wise dot with the 0/1 span of keys from the third's first to its last position (vecdot
+        # broadcasts it over the heads; einsum made a bmm of it and copied the weights: 2x slower at batch 4).
+        middle_mass = torch.linalg.vecdot(weights, middle.unsqueeze(1))
         boundary_mass = weights.sum(dim=-1) - middle_mass
         uniform_middle = (2 * count // 3 - count // 3) / count.clamp(min=1)  # (prompts, queries)
         sums.append(
