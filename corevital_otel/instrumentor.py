@@ -134,4 +134,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         if self.runtime is None:
             return  # never activated: transformers was not imported, nothing was patched
         patching.unwrap_all()
+        from .capture import layer_taps  # torch is loaded: something was patched
+
+        layer_taps.untap_all()
         self.runtime = None

@@ -1,8 +1,8 @@
 """Which capture session (if any) the current thread or task is running generate() for.
 
-Hooks and the attention wrapper are shared by every caller of a model; each looks up the session in
-this context variable and does nothing when it is not the caller's own, so concurrent generate() calls
-in several threads never feed each other's capture.
+Hooks, tapped layers and the attention wrapper are shared by every caller of a model; each looks up the
+session in this context variable and does nothing when it is not the caller's own, so concurrent
+generate() calls in several threads never feed each other's capture.
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 
-class AttentionObserver(Protocol):
-    """What the attention wrapper needs of a session (``session.CaptureSession`` is one). A protocol,
-    not an import: the session module imports this one, and types must not close a circle."""
+class CaptureObserver(Protocol):
+    """What the attention wrapper and the tapped layers need of a session (``session.CaptureSession`` is
+    one). A protocol, not an import: the session module imports this one, and types must not close a
+    circle."""
 
     def observe_attention(
         self, module: Any, query: Any, key: Any, attention_mask: Any, kwargs: dict
     ) -> None: ...
 
+    def layer_output(self, module: Any, output: Any) -> None: ...
 
-ACTIVE_CAPTURE: ContextVar[AttentionObserver | None] = ContextVar("corevital_active_capture", default=None)
+
+ACTIVE_CAPTURE: ContextVar[CaptureObserver | None] = ContextVar("corevital_active_capture", default=None)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import layer_taps
 from .active import ACTIVE_CAPTURE
 from .heap import release_freed_memory
 from .layers import ModelLayout
@@ -127,6 +128,8 @@ class CaptureSession:
         self.hidden_steps = 0  # steps with every layer's hidden state: 0 means no layer hook ran
         self.cache: Any = None  # the last ``past_key_values`` the model's forward got: a reference, no copy
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._tapped: dict[int, int] = {}  # id(layer) -> index, for layers whose class forward reports
+        self._prompt_root_hook: torch.utils.hooks.RemovableHandle | None = None  # off after the prefill
         self._layer_keys = new_layer_keys(layout.num_layers)
         self._stash = self._new_stash(0)
         self._prompt_pending = switches.prompt
@@ -142,8 +145,12 @@ class CaptureSession:
             self._handles.append(self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True))
             if self.switches.hidden_states:
+                tapped = {id(layer) for layer in layer_taps.tap(self.layout.layers)}
                 for index, layer in enumerate(self.layout.layers):
-                    self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
+                    if id(layer) in tapped:
+                        self._tapped[id(layer)] = index
+                    else:
+                        self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
             if self.switches.prompt:
                 self._attach_prompt_hooks()
 
@@ -156,7 +163,9 @@ class CaptureSession:
                 encoder_root = self.model.get_encoder()
                 self._handles.append(encoder_root.register_forward_hook(self._after_prompt_root))
         elif layout.decoder_root is not None:
-            self._handles.append(layout.decoder_root.register_forward_hook(self._after_prompt_root))
+            # Every decoding step would pay torch's hooked call path for it: removed after the prefill.
+            self._prompt_root_hook = layout.decoder_root.register_forward_hook(self._after_prompt_root)
+            self._handles.append(self._prompt_root_hook)
 
     def _in_prefill(self) -> bool:
         return not self.is_encoder_decoder and self.steps_seen == 0
@@ -213,6 +222,7 @@ class CaptureSession:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            self._tapped.clear()
 
     def finish(self, final_tokens: torch.Tensor | None) -> None:
         """Hand on what is left: the prompt if still pending, then the last block, whose last step's
@@ -302,6 +312,10 @@ class CaptureSession:
                     stash.put_chosen(ids[:, -1])
             if self.steps_seen:
                 self._prompt_done()
+                if self._prompt_root_hook is not None:
+                    with _HOOKS_LOCK:
+                        self._prompt_root_hook.remove()
+                    self._prompt_root_hook = None
             if stash.full:
                 self._flush()
         except Exception as error:  # noqa: BLE001 - capture must never break generation
@@ -325,10 +339,21 @@ class CaptureSession:
         except Exception as error:  # noqa: BLE001
             self.fail("steps", error)
 
+    def layer_output(self, module: nn.Module, output: Any) -> None:
+        """Called by a tapped layer class (``layer_taps``) for every layer call on this thread."""
+        index = self._tapped.get(id(module))
+        if index is not None:
+            self._take_layer_output(index, output)
+
     def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
+        """The forward hook of a layer that could not be tapped."""
+        if ACTIVE_CAPTURE.get() is self:
+            self._take_layer_output(index, output)
+
+    def _take_layer_output(self, index: int, output: Any) -> None:
         # Runs for every layer of every step: kept to a few lookups (``steps_seen == 0`` before the call
         # to ``_in_prefill``: decoding steps stop at the comparison).
-        if ACTIVE_CAPTURE.get() is not self or "hidden_states" in self.failures:
+        if "hidden_states" in self.failures:
             return
         try:
             hidden = _first_tensor(output)

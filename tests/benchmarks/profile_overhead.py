@@ -72,7 +72,8 @@ def install() -> None:
     from corevital_otel import export, generation
     from corevital_otel.capture import session, stash
 
-    for name in ("_before_forward", "_after_forward", "_after_layer", "observe_attention"):
+    # A layer's output reaches layer_output from its tapped class, or _after_layer from a forward hook.
+    for name in ("_before_forward", "_after_forward", "layer_output", "_after_layer", "observe_attention"):
         _timed(session.CaptureSession, name, f"hook {name}")
     _timed(stash.StepStash, "fold", "fold (attention scoring)")
     _timed(generation.GenerationCall, "_deliver_prompt", "prompt analysis")

@@ -41,5 +41,5 @@ def test_profile_by_part_runs_on_a_tiny_shape():
     completed = subprocess.run(
         [sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=300, check=True
     )
-    for part in ("hook _after_layer", "fold (attention scoring)", "plugin logits (corevital_steps)"):
+    for part in ("hook layer_output", "fold (attention scoring)", "plugin logits (corevital_steps)"):
         assert part in completed.stdout, completed.stdout
