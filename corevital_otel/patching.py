@@ -6,9 +6,8 @@ to the instance); :func:`unwrap` puts back exactly what the class held before: t
 class's own ``__dict__``, or nothing when the attribute was inherited.
 
 A plain function rather than a ``wrapt.FunctionWrapper`` proxy: torch.compile traces into a plain
-function (the attention wrapper then looks the active capture up on every call), while it looks through
-a wrapt proxy to the original and bakes that in, so a forward compiled while instrumented would lose
-its attention rows.
+function like any other, so what a compiled forward gets is the wrapper's own decision (the attention
+wrapper hands it the model's function), while it looks through a wrapt proxy to the original.
 """
 
 from __future__ import annotations

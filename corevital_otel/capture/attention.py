@@ -5,7 +5,8 @@ transformers models fetch their attention function at call time with
 ``corevital_otel.patching``'s table): when the calling thread has no active capture it returns exactly
 what it returned before; when it has one, it returns a thin wrapper that hands query/key/mask to the
 capture session and then calls the real function (sdpa, flash, flex, eager or a user registration).
-The model keeps its kernel and its outputs are untouched. What the session does with query and key
+The model keeps its kernel and its outputs are untouched. Under torch.compile the wrapper returns the real
+function (no capture inside a compiled forward; the span says so). What the session does with query and key
 (stash the new query row, score it later) is its business; the maths lives in ``attention_math``.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from .active import ACTIVE_CAPTURE
 
@@ -29,6 +32,11 @@ def attention_function(wrapped: Callable[..., Any], instance: Any, args: tuple, 
     """The wrapper of ``AttentionInterface.get_interface`` (patching.ATTENTION_FUNCTION): unchanged when
     the calling thread has no active capture, else the real function behind an observer."""
     function = wrapped(*args, **kwargs)
+    # A compiled forward traces this: the branch folds away and the graph calls the model's own function.
+    # (Looking the capture up there broke the graph in every layer, and tracing on into the session
+    # guarded on its state: a recompilation per step until dynamo gave up and ran the layer eagerly.)
+    if torch.compiler.is_compiling():
+        return function
     session = ACTIVE_CAPTURE.get()
     if session is None:
         return function

@@ -56,11 +56,15 @@ def tappable(layer: nn.Module) -> bool:
 
 
 def _make_proxy(original: Callable[..., Any]) -> Callable[..., Any]:
+    is_compiling = torch.compiler.is_compiling
+
     @functools.wraps(original)
     def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         output = original(self, *args, **kwargs)
-        # Under torch.compile the lookup breaks the graph here, as the attention wrapper's does: the
-        # capture is looked up on every call, never baked in at trace time.
+        # A compiled forward traces this function: the branch folds away and the graph is the layer's own
+        # (tracing on into the session would guard on it, and recompile for every generate() call).
+        if is_compiling():
+            return output
         session = ACTIVE_CAPTURE.get()
         # A subclass whose own tapped forward calls this one through super(): the outer wrapper reports.
         if session is not None and type(self).forward is forward:

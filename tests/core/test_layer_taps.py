@@ -92,7 +92,8 @@ def test_a_layer_whose_hook_replaces_its_output_is_captured_after_the_hook(quiet
     )
     doubled.remove()
     for step in recorder.steps:  # (layer 0 is not the last: no final norm in output_hidden_states' view)
-        torch.testing.assert_close(step.hidden[0], output.hidden_states[step.index][1][:, -1, :], rtol=0, atol=0)
+        expected = output.hidden_states[step.index][1][:, -1, :]
+        torch.testing.assert_close(step.hidden[0], expected, rtol=0, atol=0)
 
 
 def test_a_layer_with_its_own_forward_attribute_is_hooked(quiet, recorder):
@@ -114,7 +115,8 @@ def test_a_tapped_subclass_calling_its_tapped_base_reports_each_layer_once(quiet
 
     quiet(recorder)
     base_model = build_model("llama")
-    base_model.generate(**dict(zip(("input_ids", "attention_mask"), prompt_batch(1, 4))), max_new_tokens=2)
+    ids, mask = prompt_batch(1, 4)
+    base_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2)
     model = build_model("llama")
     for layer in locate_layout(model).layers:
         layer.__class__ = ForwardingLayer
@@ -128,7 +130,8 @@ def test_a_wrapper_put_over_the_tap_stays_and_nothing_is_reported_twice(quiet, r
     layer_class = type(locate_layout(model).layers[0])
     own = vars(layer_class).get("forward")
     quiet(recorder)
-    model.generate(**dict(zip(("input_ids", "attention_mask"), prompt_batch(1, 4))), max_new_tokens=2)
+    ids, mask = prompt_batch(1, 4)
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2)
     tap = vars(layer_class)["forward"]
 
     @functools.wraps(tap)
@@ -148,21 +151,29 @@ def test_a_wrapper_put_over_the_tap_stays_and_nothing_is_reported_twice(quiet, r
             layer_class.forward = own
 
 
-def test_a_forward_compiled_while_instrumented_still_sees_every_layer(quiet, recorder):
-    """torch.compile traces into the tapped forward (a plain function); its lookup of the capture breaks
-    the graph there, as the attention wrapper's does, so the hidden states are captured on every call and
-    the tokens are unchanged."""
+def test_a_compiled_forward_runs_the_layers_own_graph(quiet, recorder):
+    """torch.compile traces the tapped forward: the capture branch folds away (no graph break, no guard on
+    the session, so no recompilation per generate() call), the tokens are unchanged and the span says the
+    hidden states were not seen."""
     ids, mask = prompt_batch(batch=2, length=6, pad_first=1)
     settings = dict(max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False)
     expected = build_model("llama").generate(input_ids=ids, attention_mask=mask, **settings)
-    quiet(recorder)
+    telemetry = quiet(recorder)
     model = build_model("llama")
+    layer = locate_layout(model).layers[0]
+    hidden = torch.randn(1, 3, model.config.hidden_size)
+    embeddings = model.model.rotary_emb(hidden, torch.arange(3)[None])
     model.forward = torch.compile(model.forward, backend="eager")
     try:
-        for _ in range(2):
-            recorder.steps.clear()
-            got = model.generate(input_ids=ids, attention_mask=mask, **settings)
-            assert torch.equal(got, expected)
-            assert [step.hidden is not None for step in recorder.steps] == [True] * MAX_NEW
+        for _ in range(3):
+            assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, **settings), expected)
+        compiled_layer = torch.compile(layer, backend="eager", fullgraph=True)  # no graph break in the tap
+        with torch.no_grad():
+            torch.testing.assert_close(
+                compiled_layer(hidden, position_embeddings=embeddings),
+                layer(hidden, position_embeddings=embeddings),
+            )
     finally:
         torch._dynamo.reset()
+    for span in telemetry.generation_spans():
+        assert any(lost.startswith("hidden_states: ") for lost in span.attributes["corevital.capture.lost"])
