@@ -10,8 +10,9 @@ pinned to one core (``--core``, default the last one; ``taskset`` does the same 
 variant once, in an order rotated by one each round (plain, summary, full, output_flags; then summary,
 full, ...), after one warm-up call each; ``instrument()``/``uninstrument()`` stay outside the timed
 region. The table reports, per variant, the median over rounds of the per-round ratio to plain
-generate() and its spread (min-max and interquartile range), the median seconds per call, and how noisy
-the run was (the spread of plain generate() itself). Host syncs per step count the ``.item()``,
+generate(), a bootstrap 95 % interval of that median (how far this many noisy rounds pin it down), its
+spread (min-max and interquartile range), the median seconds per call, and how noisy the run was (the
+spread of plain generate() itself). Host syncs per step count the ``.item()``,
 ``.cpu()``, ``.tolist()`` and ``.numpy()`` calls made from corevital code while the model decodes; on CUDA
 also every synchronisation ``torch.cuda.set_sync_debug_mode`` reports, ours minus plain's.
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -359,6 +361,18 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def median_interval(
+    values: list[float], confidence: float = 0.95, resamples: int = 4000
+) -> tuple[float, float]:
+    """A bootstrap percentile interval of the median of ``values`` (rounds resampled with replacement;
+    a fixed seed, so a table is reproducible from its JSON): how far the median of this many noisy rounds
+    can be trusted."""
+    generator = random.Random(0)
+    medians = sorted(statistics.median(generator.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    return medians[int(tail * (resamples - 1))], medians[int(round((1.0 - tail) * (resamples - 1)))]
+
+
 def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> list[dict[str, Any]]:
     plain = [wall for wall, _ in timings["plain"]]
     plain_cpu = [cpu for _, cpu in timings["plain"]]
@@ -369,6 +383,7 @@ def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> li
         ratios = [value / base for value, base in zip(seconds, plain, strict=True)]
         cpu_ratios = [cpu / base for (_, cpu), base in zip(measured, plain_cpu, strict=True)]
         low, high = quartiles(ratios)
+        ci_low, ci_high = median_interval(ratios)
         cpu_low, cpu_high = quartiles(cpu_ratios)
         rows.append(
             {
@@ -380,6 +395,8 @@ def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> li
                 "ratio_max": max(ratios),
                 "ratio_q1": low,
                 "ratio_q3": high,
+                "ratio_ci95_low": ci_low,
+                "ratio_ci95_high": ci_high,
                 # CPU time of the process: what the call cost, without the time another tenant of a
                 # shared machine held the core.
                 "cpu_ratio": statistics.median(cpu_ratios),
@@ -447,7 +464,8 @@ def _line(row: dict[str, Any]) -> str:
     parts = [f"{row['variant']:13s}"]
     if "ratio" in row:
         parts.append(
-            f"ratio {row['ratio']:.3f} (IQR {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f},"
+            f"ratio {row['ratio']:.3f} (95% CI {row['ratio_ci95_low']:.3f}-{row['ratio_ci95_high']:.3f},"
+            f" IQR {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f},"
             f" min-max {row['ratio_min']:.3f}-{row['ratio_max']:.3f})  median {row['median_s']:.3f}s"
             f"  best-of ratio {row['best_ratio']:.3f}  CPU-time ratio {row['cpu_ratio']:.3f}"
             f" (IQR {row['cpu_ratio_q1']:.3f}-{row['cpu_ratio_q3']:.3f})"
@@ -469,10 +487,11 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "",
         f"Targets: {TARGETS_TEXT}",
         "",
-        "| shape | variant | ratio to plain (median of rounds) | IQR | min–max | ratio of fastest calls"
+        "| shape | variant | ratio to plain (median of rounds) | 95 % CI of the median (bootstrap) | IQR"
+        " | min–max | ratio of fastest calls"
         " | CPU-time ratio (IQR) | median s | plain's own spread | peak RSS growth MB"
         " | corevital host syncs / step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         rss = "" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
@@ -481,13 +500,14 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             syncs += f" (CUDA: {row['cuda_syncs_per_step']:.2f})"
         if "ratio" in row:
             timing = (
-                f"{row['ratio']:.3f} | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f}"
+                f"{row['ratio']:.3f} | {row['ratio_ci95_low']:.3f}–{row['ratio_ci95_high']:.3f}"
+                f" | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f}"
                 f" | {row['ratio_min']:.3f}–{row['ratio_max']:.3f} | {row['best_ratio']:.3f}"
                 f" | {row['cpu_ratio']:.3f} ({row['cpu_ratio_q1']:.3f}–{row['cpu_ratio_q3']:.3f})"
                 f" | {row['median_s']:.3f} | {100 * row['plain_spread']:.0f} %"
             )
         else:
-            timing = " | | | | | | "
+            timing = " | | | | | | | "
         lines.append(f"| {row['shape']} | {row['variant']} | {timing} | {rss} | {syncs} |")
     suffix = "" if args.device == "cpu" else f"-{args.device}"
     (args.out / f"overhead-{args.grid}{suffix}.md").write_text("\n".join(lines) + "\n")

@@ -182,6 +182,8 @@ def test_uninstrument_while_16_threads_generate():
     references = {job: greedy(model, *_inputs(job), job[2]) for job in JOBS}
     original_generate = GenerationMixin.__dict__["generate"]
     original_interface = AttentionInterface.__dict__["get_interface"]
+    layer_class = type(model.model.layers[0])
+    original_layer_forward = layer_class.__dict__.get("forward")
     recorder, tracer_provider, _, meter_provider = _providers()
     corevital_otel.instrument(
         tracer_provider=tracer_provider,
@@ -230,6 +232,7 @@ def test_uninstrument_while_16_threads_generate():
     assert {call_id: _expected(jobs[call_id]) for call_id in recorder.counts} == recorder.counts
     assert GenerationMixin.__dict__["generate"] is original_generate
     assert AttentionInterface.__dict__["get_interface"] is original_interface
+    assert layer_class.__dict__.get("forward") is original_layer_forward  # the layer tap is gone too
     assert_no_hooks(model)
     meter_provider.shutdown()
 
