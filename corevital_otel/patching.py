@@ -3,7 +3,8 @@
 Every target is a method of a transformers class. :func:`wrap` replaces it with a plain function that
 calls ``wrapper(wrapped, instance, args, kwargs)`` (wrapt's signature; ``wrapped`` is the original bound
 to the instance); :func:`unwrap` puts back exactly what the class held before: the same object in the
-class's own ``__dict__``, or nothing when the attribute was inherited.
+class's own ``__dict__``, or nothing when the attribute was inherited. The same record (:class:`Replaced`)
+puts back the decoder-layer ``forward`` methods the capture taps (``capture/layer_taps.py``).
 
 A plain function rather than a ``wrapt.FunctionWrapper`` proxy: torch.compile traces into a plain
 function like any other, so what a compiled forward gets is the wrapper's own decision (the attention
@@ -54,14 +55,41 @@ TARGETS: tuple[PatchTarget, ...] = (GENERATE, ATTENTION_FUNCTION, PIPELINE_INIT)
 
 
 @dataclass(frozen=True)
-class _Installed:
+class Replaced:
+    """A class attribute we replaced with ``proxy``, and how to put back what was there."""
+
     owner: type
+    attribute: str
     had_own: bool  # the attribute was in the class's own __dict__ (else inherited)
     original: Callable[..., Any]  # the function found there
     proxy: Callable[..., Any]
 
+    @property
+    def current(self) -> bool:
+        """Whether our proxy is still the class's attribute (not replaced again by someone else)."""
+        return vars(self.owner).get(self.attribute) is self.proxy
 
-_installed: dict[PatchTarget, _Installed] = {}
+    def restore(self) -> None:
+        """Put back exactly what the class held, if our proxy is still installed (one wrapped over ours
+        by another instrumentation stays, with ours beneath it)."""
+        if not self.current:
+            return
+        if self.had_own:
+            setattr(self.owner, self.attribute, self.original)
+        else:
+            delattr(self.owner, self.attribute)
+
+
+def replace(owner: type, attribute: str, make_proxy: Callable[[Any], Callable[..., Any]]) -> Replaced:
+    """Set ``owner.attribute`` to ``make_proxy(what it resolves to now)``; the record restores it."""
+    had_own = attribute in vars(owner)
+    raw = inspect.getattr_static(owner, attribute)
+    proxy = make_proxy(raw)
+    setattr(owner, attribute, proxy)
+    return Replaced(owner, attribute, had_own, raw, proxy)
+
+
+_installed: dict[PatchTarget, Replaced] = {}
 
 
 def original(target: PatchTarget) -> Any:
@@ -76,17 +104,18 @@ def wrap(target: PatchTarget, wrapper: Wrapper) -> bool:
     owner = target.locate()
     if owner is None:
         return False
-    had_own = target.attribute in vars(owner)
     raw = inspect.getattr_static(owner, target.attribute)
     if not isinstance(raw, types.FunctionType):
         raise TypeError(f"patching: {target.owner}.{target.attribute} is not a plain method: {raw!r}")
 
-    @functools.wraps(raw)
-    def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return wrapper(raw.__get__(self, type(self)), self, args, kwargs)
+    def make_proxy(raw: Any) -> Callable[..., Any]:
+        @functools.wraps(raw)
+        def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return wrapper(raw.__get__(self, type(self)), self, args, kwargs)
 
-    setattr(owner, target.attribute, proxy)
-    _installed[target] = _Installed(owner, had_own, raw, proxy)
+        return proxy
+
+    _installed[target] = replace(owner, target.attribute, make_proxy)
     return True
 
 
@@ -94,12 +123,8 @@ def unwrap(target: PatchTarget) -> None:
     """Restore ``target`` exactly, if our wrapper is still the one installed (another instrumentation
     that wrapped it after us keeps its wrapper; ours then stays beneath it)."""
     installed = _installed.pop(target, None)
-    if installed is None or vars(installed.owner).get(target.attribute) is not installed.proxy:
-        return
-    if installed.had_own:
-        setattr(installed.owner, target.attribute, installed.original)
-    else:
-        delattr(installed.owner, target.attribute)
+    if installed is not None:
+        installed.restore()
 
 
 def wrap_all(wrappers: Mapping[PatchTarget, Wrapper]) -> None:
@@ -118,8 +143,4 @@ def unwrap_all() -> None:
 
 def installed() -> tuple[PatchTarget, ...]:
     """The targets whose class attribute is our wrapper right now."""
-    return tuple(
-        target
-        for target, entry in _installed.items()
-        if vars(entry.owner).get(target.attribute) is entry.proxy
-    )
+    return tuple(target for target, entry in _installed.items() if entry.current)

@@ -21,23 +21,15 @@ import inspect
 import threading
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..patching import Replaced, replace
 from .active import ACTIVE_CAPTURE
 
-
-@dataclass(frozen=True)
-class _Tap:
-    had_own: bool  # ``forward`` was in the class's own __dict__ (else inherited)
-    original: Callable[..., Any]
-    proxy: Callable[..., Any]
-
-
-_taps: dict[type, _Tap] = {}
+_taps: dict[type, Replaced] = {}
 _lock = threading.Lock()
 
 
@@ -84,13 +76,9 @@ def tap(layers: Iterable[nn.Module]) -> list[nn.Module]:
                 continue
             owner = type(layer)
             installed = _taps.get(owner)
-            if installed is None or vars(owner).get("forward") is not installed.proxy:
+            if installed is None or not installed.current:
                 # Not ours (yet, or any more: someone replaced it): wrap what is there now.
-                original = inspect.getattr_static(owner, "forward")
-                proxy = _make_proxy(original)
-                had_own = "forward" in vars(owner)
-                owner.forward = proxy  # type: ignore[method-assign]
-                _taps[owner] = _Tap(had_own, original, proxy)
+                _taps[owner] = replace(owner, "forward", _make_proxy)
             tapped.append(layer)
     return tapped
 
@@ -99,15 +87,11 @@ def untap_all() -> None:
     """Put back every class's ``forward`` as it was, where our wrapper is still the one installed (one
     wrapped over ours by someone else stays, and ours beneath it then reports nothing)."""
     with _lock:
-        for owner, installed in reversed(list(_taps.items())):
-            if vars(owner).get("forward") is installed.proxy:
-                if installed.had_own:
-                    owner.forward = installed.original  # type: ignore[method-assign]
-                else:
-                    delattr(owner, "forward")
+        for installed in reversed(list(_taps.values())):
+            installed.restore()
         _taps.clear()
 
 
 def tapped_classes() -> tuple[type, ...]:
     """The classes whose ``forward`` is our wrapper right now."""
-    return tuple(owner for owner, installed in _taps.items() if vars(owner).get("forward") is installed.proxy)
+    return tuple(owner for owner, installed in _taps.items() if installed.current)
