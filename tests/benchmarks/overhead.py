@@ -7,9 +7,14 @@
 Method: one process per grid, the same random weights for every variant, 1 torch thread, the process
 pinned to one core (``--core``, default the last one; ``taskset`` does the same from outside), greedy with
 ``min_new_tokens = max_new_tokens`` so every call generates the same tokens. Each round runs every
-variant once, in an order rotated by one each round (plain, summary, full, output_flags; then summary,
-full, ...), after one warm-up call each; ``instrument()``/``uninstrument()`` stay outside the timed
-region. The table reports, per variant, the median over rounds of the per-round ratio to plain
+variant once, in an order rotated by one each round (plain, summary, full, output_flags, placebo; then
+summary, full, ...), after one warm-up call each; ``instrument()``/``uninstrument()`` stay outside the
+timed region. Every variant runs the same model object: separate copies of the weights sit in different
+pages and ran up to 4 % apart as plain generate() on this kind of machine, a bias as large as what is
+measured. ``output_flags`` switches that model to eager attention for its calls (outside the timed
+region), except on compiled shapes, where it keeps an eager copy of its own (switching would recompile).
+``placebo`` is plain generate() again: its ratio, ideally 1.000, is the noise floor of the run.
+The table reports, per variant, the median over rounds of the per-round ratio to plain
 generate(), a bootstrap 95 % interval of that median (how far this many noisy rounds pin it down), its
 spread (min-max and interquartile range), the median seconds per call, and how noisy the run was (the
 spread of plain generate() itself). Host syncs per step count the ``.item()``,
@@ -40,7 +45,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = ("plain", "summary", "full", "output_flags")
+VARIANTS = ("plain", "summary", "full", "output_flags", "placebo")
 TRACED = ("summary", "full", "on_risk")
 TARGETS_TEXT = (
     "full <= 1.05x plain generate() (aim 1.03x) on gpt2-small p128 n64 b1 and b4 and on llama-56m "
@@ -157,13 +162,20 @@ def output_flags_summary(output: Any) -> dict[str, Any]:
 class Variant:
     """Sets up one way of running generate() for a shape; ``call()`` runs it once and times it."""
 
-    def __init__(self, name: str, shape: Shape, device: str = "cpu") -> None:
+    def __init__(
+        self, name: str, shape: Shape, device: str = "cpu", model: torch.nn.Module | None = None
+    ) -> None:
+        """``model``: an sdpa model shared with the other variants (built here when None)."""
         self.name = name
         self.shape = shape
         self.device = device
-        self.model = build_model(shape.model, "eager" if name == "output_flags" else "sdpa", device)
-        if shape.compiled:
-            self.model.forward = torch.compile(self.model.forward)
+        # output_flags needs eager attention: a shared model is switched to it for this variant's calls.
+        self.switches_attention = model is not None and name == "output_flags"
+        if model is None:
+            model = build_model(shape.model, "eager" if name == "output_flags" else "sdpa", device)
+            if shape.compiled:
+                model.forward = torch.compile(model.forward)
+        self.model = model
         self.ids = prompt_ids(self.model, shape)
         self.kwargs = generate_kwargs(shape)
         if name == "output_flags":
@@ -178,6 +190,8 @@ class Variant:
         self.last_output: Any = None
 
     def enter(self) -> None:
+        if self.switches_attention:
+            self.model.set_attn_implementation("eager")
         if self.name in TRACED:
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -196,6 +210,8 @@ class Variant:
             )
 
     def exit(self) -> None:
+        if self.switches_attention:
+            self.model.set_attn_implementation("sdpa")
         if self.name in TRACED:
             import corevital_otel
 
@@ -338,8 +354,13 @@ def rotated(items: list[Any], round_index: int) -> list[Any]:
 def time_shape(
     shape: Shape, rounds: int, variants: tuple[str, ...], device: str
 ) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds per call, per variant, one entry per round (interleaved, rotated)."""
-    runners = [Variant(name, shape, device) for name in variants]
+    """(wall, CPU) seconds per call, per variant, one entry per round (interleaved, rotated); every
+    variant on one shared model (output_flags of a compiled shape on its own eager copy)."""
+    shared = Variant("plain", shape, device).model
+    runners = [
+        Variant(name, shape, device, None if shape.compiled and name == "output_flags" else shared)
+        for name in variants
+    ]
     for runner in runners:  # warm-up (and compilation, for compiled shapes)
         runner.call()
     if shape.compiled:  # instrumented generation must return the same tokens on the compiled path
