@@ -29,7 +29,7 @@ from .active import ACTIVE_CAPTURE
 from .heap import release_freed_memory
 from .layers import ModelLayout
 from .records import AttentionInputs, PromptCapture, StepBlock
-from .stash import StepStash, new_layer_keys
+from .stash import ReusedBuffer, StepStash, new_layer_keys
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class CaptureSession:
         self._tapped: dict[int, int] = {}  # id(layer) -> index, for layers whose class forward reports
         self._prompt_root_hook: torch.utils.hooks.RemovableHandle | None = None  # off after the prefill
         self._layer_keys = new_layer_keys(layout.num_layers)
+        self._weights_buffer = ReusedBuffer()  # the folds' attention weights, reused block after block
         self._stash = self._new_stash(0)
         self._prompt_pending = switches.prompt
         # Prompt internals, referenced (not copied) while the prefill/encoder pass runs, released after use.
@@ -233,9 +234,12 @@ class CaptureSession:
             self._flush()
         finally:
             self._stash.release()
+            self._weights_buffer.release()
 
     def _new_stash(self, start: int) -> StepStash:
-        return StepStash(start, self.layout.num_layers, self.max_block_steps, self._layer_keys)
+        return StepStash(
+            start, self.layout.num_layers, self.max_block_steps, self._layer_keys, self._weights_buffer
+        )
 
     def _prompt_done(self) -> None:
         if self._prompt_pending:

@@ -18,6 +18,7 @@ cache type not known to append are scored at once, per step, on the keys that st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +62,43 @@ def _additive(row: torch.Tensor) -> torch.Tensor:
     """A mask row as float32 to add to scores: its own values, -inf where it does not allow a key."""
     values = torch.zeros(row.shape, device=row.device) if row.dtype == torch.bool else row.float()
     return values.masked_fill(~allowed_keys(row), float("-inf"))
+
+
+# How many tensors reference a storage (torch-internal; without it every fold gets a fresh buffer).
+_STORAGE_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+
+
+class ReusedBuffer:
+    """A float32 buffer the folds of one generation share for their attention weights, the largest thing a
+    fold makes (layers x rows x heads x steps x keys: 27 MiB for a block of GPT-2 small at batch 4 with 384
+    keys). A fresh one per block was mapped, faulted in page by page and unmapped again each time.
+
+    The last block's weights must stay what they were for whoever still holds them: a plugin may keep a
+    view. So the buffer is reused only when no tensor but our own references its storage; otherwise the
+    holder keeps it and the fold gets a new one."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A contiguous float32 tensor of ``shape`` on ``device``, its values undefined."""
+        needed = math.prod(shape)
+        buffer = self._buffer
+        if buffer is None or buffer.device != device or buffer.numel() < needed or _held_elsewhere(buffer):
+            # Headroom for the next blocks' wider rows, within the budget a block's weights have.
+            room = max(needed, min(needed + needed // 2, BUFFER_BUDGET_BYTES // _FLOAT_BYTES))
+            buffer = self._buffer = torch.empty(room, device=device)
+        return buffer[:needed].view(shape)
+
+    def release(self) -> None:
+        self._buffer = None
+
+
+def _held_elsewhere(buffer: torch.Tensor) -> bool:
+    if _STORAGE_USE_COUNT is None:
+        return True
+    # Our own tensor, and the storage object made to ask.
+    return _STORAGE_USE_COUNT(buffer.untyped_storage()._cdata) > 2
 
 
 class ChangedInPlace(RuntimeError):
@@ -108,7 +146,14 @@ class _KeptSteps:
 class StepStash:
     """Buffers for up to ``capacity`` steps starting at step ``start``."""
 
-    def __init__(self, start: int, num_layers: int, max_steps: int, keys: list[_LayerKeys]) -> None:
+    def __init__(
+        self,
+        start: int,
+        num_layers: int,
+        max_steps: int,
+        keys: list[_LayerKeys],
+        weights_buffer: ReusedBuffer | None = None,
+    ) -> None:
         self.start = start
         self.num_layers = num_layers
         self.capacity = max_steps
@@ -127,6 +172,7 @@ class StepStash:
         self.hidden_layers = [0] * max_steps  # layers whose hidden vector was copied
         self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
         self.keys = keys  # shared with the session: per-layer state outlives the block
+        self.weights_buffer = ReusedBuffer() if weights_buffer is None else weights_buffer  # likewise
         self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
         self.hidden_error: Exception | None = None  # gathering failed at fold time: no hidden states
 
@@ -374,7 +420,7 @@ class StepStash:
         first = count - (steps - 1)
         reference = states[0].pending[0][1]
         rows, heads, _, _ = reference.shape
-        weights = torch.empty((len(states), rows, heads, steps, count), device=reference.device)
+        weights = self.weights_buffer.take((len(states), rows, heads, steps, count), reference.device)
         for layer, state in enumerate(states):
             queries = _pending_queries(state)
             staircase_probabilities(queries, state.key, first, state.scaling, state.softcap, weights[layer])

@@ -206,3 +206,39 @@ def test_inference_mode_measures_the_same(family, telemetry, instrumented):
         for name, value in reference.items():
             _assert_same(name, values[name], value)
     assert "corevital.capture.lost" not in got[0]
+
+
+class _AttentionKeeper:
+    """A plugin that keeps every block's attention weights (and a copy of them as they arrived), or only
+    notes which storage held them."""
+
+    COREVITAL_PLUGIN_NAME = "attention_keeper"
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.storages: list[int] = []
+
+    @corevital_otel.hookimpl
+    def corevital_steps(self, info, block):
+        if block.attention is not None:
+            self.storages.append(block.attention.untyped_storage().data_ptr())
+            if self.keep:
+                self.kept.append((block.attention, block.attention.clone()))
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["dropped", "kept"])
+def test_folds_reuse_their_weights_buffer_unless_a_plugin_kept_the_last_one(keep, instrumented):
+    model = build_model("llama")
+    keeper = _AttentionKeeper(keep)
+    instrumented(block_steps=2, plugins=[keeper])
+    ids, mask = prompt_batch(batch=2, length=6, pad_first=0)  # no padding: every block scored in one buffer
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    blocks = len(keeper.storages)
+    assert blocks == 6
+    if keep:  # every block got its own buffer, and what a plugin kept was never written over
+        assert len(set(keeper.storages)) == blocks
+        for held, as_delivered in keeper.kept:
+            assert torch.equal(held, as_delivered)
+    else:  # one buffer, grown now and then as the rows widen
+        assert len(set(keeper.storages)) <= blocks / 2

@@ -21,6 +21,7 @@ from transformers.generation.utils import GenerationMixin
 from transformers.modeling_utils import AttentionInterface
 
 import corevital_otel
+from corevital_otel.capture.stash import BUFFER_BUDGET_BYTES, ReusedBuffer
 from tests.core.helpers import assert_no_hooks
 from tests.support.tiny_models import VOCAB, build_model, prompt_batch
 
@@ -254,9 +255,24 @@ def _long_model(positions: int) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
+def _scratch_bytes() -> dict[int, int]:
+    """The folds' reused attention-weights buffers (``stash.ReusedBuffer``): storage pointer -> bytes. Like
+    the KV cache they widen with the context, one key per step, within the block budget."""
+    buffers = [item._buffer for item in gc.get_objects() if isinstance(item, ReusedBuffer)]
+    return {
+        buffer.untyped_storage().data_ptr(): buffer.untyped_storage().nbytes()
+        for buffer in buffers
+        if buffer is not None
+    }
+
+
 def _retained_tensor_bytes(model: torch.nn.Module, cache: Any) -> int:
-    """Bytes of every live tensor storage except the model's weights and the KV cache (generate's)."""
+    """Bytes of every live tensor storage except the model's weights, the KV cache (generate's) and the
+    folds' scratch buffer (checked against its budget on its own)."""
     excluded = {tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), *model.buffers()]}
+    scratch = _scratch_bytes()
+    assert sum(scratch.values()) <= BUFFER_BUDGET_BYTES
+    excluded.update(scratch)
     for layer in getattr(cache, "layers", ()):
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
             if isinstance(tensor, torch.Tensor):
