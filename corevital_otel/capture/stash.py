@@ -152,7 +152,7 @@ class StepStash:
         num_layers: int,
         max_steps: int,
         keys: list[_LayerKeys],
-        weights_buffer: ReusedBuffer | None = None,
+        weights_buffer: ReusedBuffer,
     ) -> None:
         self.start = start
         self.num_layers = num_layers
@@ -172,7 +172,7 @@ class StepStash:
         self.hidden_layers = [0] * max_steps  # layers whose hidden vector was copied
         self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
         self.keys = keys  # shared with the session: per-layer state outlives the block
-        self.weights_buffer = ReusedBuffer() if weights_buffer is None else weights_buffer  # likewise
+        self.weights_buffer = weights_buffer  # likewise: the session's, reused by every block's fold
         self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
         self.hidden_error: Exception | None = None  # gathering failed at fold time: no hidden states
 
