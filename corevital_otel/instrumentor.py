@@ -90,6 +90,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
             )
 
     def _activate(self, options: Options, tracer_provider: Any, meter_provider: Any) -> None:
+        from .capture import layer_taps
         from .capture.attention import attention_function
         from .generation import run_instrumented
         from .plugin_host import PluginFailure, PluginHost
@@ -121,6 +122,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         runtime = Runtime(options, plugins, telemetry, failures, interventions)
         self.runtime = runtime
         run = functools.partial(run_instrumented, runtime)
+        layer_taps.open_taps()
         patching.wrap_all(
             {
                 patching.GENERATE: functools.partial(_traced_generate, run),

@@ -31,6 +31,9 @@ from .active import ACTIVE_CAPTURE
 
 _taps: dict[type, Replaced] = {}
 _lock = threading.Lock()
+# Taps go in only between open_taps() (instrument) and untap_all() (uninstrument): a generate() call that
+# began before uninstrument() may attach its capture after untap_all() ran, and must not re-wrap a class.
+_open = False
 
 
 def _global_forward_hooks() -> bool:
@@ -69,8 +72,10 @@ def _make_proxy(original: Callable[..., Any]) -> Callable[..., Any]:
 def tap(layers: Iterable[nn.Module]) -> list[nn.Module]:
     """Wrap the ``forward`` of every tappable layer's class (once per class); returns the layers whose
     output now reaches the active session's ``layer_output``. The others need a forward hook."""
-    tapped = []
+    tapped: list[nn.Module] = []
     with _lock:
+        if not _open:
+            return tapped  # uninstrumented meanwhile: this call's layers keep forward hooks of their own
         for layer in layers:
             if not tappable(layer):
                 continue
@@ -83,10 +88,20 @@ def tap(layers: Iterable[nn.Module]) -> list[nn.Module]:
     return tapped
 
 
+def open_taps() -> None:
+    """Let :func:`tap` wrap classes again (at instrument)."""
+    global _open
+    with _lock:
+        _open = True
+
+
 def untap_all() -> None:
     """Put back every class's ``forward`` as it was, where our wrapper is still the one installed (one
-    wrapped over ours by someone else stays, and ours beneath it then reports nothing)."""
+    wrapped over ours by someone else stays, and ours beneath it then reports nothing), and wrap no more
+    until :func:`open_taps`."""
+    global _open
     with _lock:
+        _open = False
         for installed in reversed(list(_taps.values())):
             installed.restore()
         _taps.clear()

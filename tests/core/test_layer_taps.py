@@ -48,6 +48,10 @@ def _captured_equals_reference(model, family, recorder) -> None:
     ids, mask = prompt_batch(batch=2, length=6, pad_first=1)
     reference = _reference_hidden(family, ids, mask)
     recorder.steps.clear()  # the reference's own steps, when it ran instrumented
+    _generate_and_compare(model, ids, mask, reference, recorder)
+
+
+def _generate_and_compare(model, ids, mask, reference, recorder) -> None:
     model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False
     )
@@ -72,6 +76,28 @@ def test_layer_classes_are_tapped_without_hooks_and_put_back(family, quiet, reco
     corevital_otel.uninstrument()
     assert layer_taps.tapped_classes() == ()
     assert vars(layer_class).get("forward") is before  # inherited again where it was inherited
+
+
+def test_a_call_that_attaches_after_uninstrument_taps_no_class(quiet, recorder):
+    """A generate() call already under way when uninstrument() runs may put its hooks on after the taps
+    came off (CI caught it with 16 threads): it keeps per-layer hooks of its own, captured in full, and
+    no class is left wrapped."""
+    model = build_model("llama")
+    layer_class = type(locate_layout(model).layers[0])
+    before = vars(layer_class).get("forward")
+
+    class UninstrumentsAtStart:
+        @corevital_otel.hookimpl
+        def corevital_generation_start(self, info):
+            corevital_otel.uninstrument()  # after the call began, before its capture attaches
+
+    ids, mask = prompt_batch(batch=2, length=6, pad_first=1)
+    reference = _reference_hidden("llama", ids, mask)
+    quiet(recorder, UninstrumentsAtStart())
+    _generate_and_compare(model, ids, mask, reference, recorder)
+    assert layer_taps.tapped_classes() == ()
+    assert vars(layer_class).get("forward") is before
+    assert_no_hooks(model)
 
 
 def test_a_layer_whose_hook_replaces_its_output_is_captured_after_the_hook(quiet, recorder):

@@ -258,7 +258,7 @@ def _long_model(positions: int) -> torch.nn.Module:
 def _scratch_bytes() -> dict[int, int]:
     """The folds' reused attention-weights buffers (``stash.ReusedBuffer``): storage pointer -> bytes. Like
     the KV cache they widen with the context, one key per step, within the block budget."""
-    buffers = [item._buffer for item in gc.get_objects() if isinstance(item, ReusedBuffer)]
+    buffers = [item._buffer for item in gc.get_objects() if type(item) is ReusedBuffer]  # no proxy probed
     return {
         buffer.untyped_storage().data_ptr(): buffer.untyped_storage().nbytes()
         for buffer in buffers
