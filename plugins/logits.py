@@ -21,7 +21,8 @@ _TOP_K_MASS = 10
 _CHUNK = 128  # vocabulary entries per chunk when searching the top-k (see largest_values)
 # A chosen token's shifted logit below this (a masked one is -inf) is clamped to it: its surprisal stays a
 # large finite number.
-_LOWEST_SHIFT = -1.0e4
+_LOWEST_SHIFT = -1.0e4 / LN2  # in bits, like every shifted logit
+_LOG2E = 1.0 / LN2
 
 _BIT_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 
@@ -76,39 +77,38 @@ def logit_statistics(
     """Statistics of raw logits ``(..., vocab)`` per leading index (a row, or a step and a row);
     ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None.
 
-    Few passes over the vocabulary: one top-k (the largest logit ``m`` and the top-10), then the shifted
-    logits ``d = z - m``, ``e = exp(d)``, ``S = sum(e)`` and ``sum(e * d)``; with ``p = e / S``, entropy is
-    ``log S - sum(e * d) / S`` nats and ``log p_i = d_i - log S``. A masked logit (-inf) has ``e = 0`` and
-    contributes nothing (its ``0 * -inf`` is left out of the sum); a NaN or +inf logit makes ``S``, and so
-    every statistic of its row, NaN. Also gives the largest logit and where a +inf logit is (for the
-    health plugin). ``scratch``: two float32 tensors shaped like ``logits`` for the shifted logits and the
-    exponentials (reused across the slices of a block: fresh ones per slice made the allocator map and
-    fault pages in for every slice); the first may be ``logits`` itself, which is then overwritten.
-    Otherwise ``logits`` is never written.
+    Few passes over the vocabulary, in base 2 (every statistic is in bits, and torch's exp2 on the CPU
+    costs about a third of its exp): one top-k (the largest logit ``m`` and the top-10), then the shifted
+    logits in bits ``d = (z - m) / ln 2``, ``e = 2^d``, ``S = sum(e)`` and ``sum(e * d)``; with
+    ``p = e / S``, entropy is ``log2 S - sum(e * d) / S`` bits and ``log2 p_i = d_i - log2 S``. A masked
+    logit (-inf) has ``e = 0`` and contributes nothing (its ``0 * -inf`` is left out of the sum); a NaN or
+    +inf logit makes ``S``, and so every statistic of its row, NaN. Also gives the largest logit and where
+    a +inf logit is (for the health plugin). ``scratch``: two float32 tensors shaped like ``logits`` for the
+    shifted logits and the powers (reused across the slices of a block: fresh ones per slice made the
+    allocator map and fault pages in for every slice); the first may be ``logits`` itself, which is then
+    overwritten. Otherwise ``logits`` is never written.
     """
     z = logits.float()
     top = largest_values(z, min(_TOP_K_MASS, z.shape[-1]))
     largest = top[..., :1]
     shift_buffer, weight_buffer = (None, None) if scratch is None else scratch
     positive_infinity = _has_positive_infinity(z, largest[..., 0], out=weight_buffer)  # before z is shifted
-    shifted = torch.sub(z, largest, out=shift_buffer)
+    shifted = torch.sub(z, largest, out=shift_buffer).mul_(_LOG2E)
     if chosen is not None:
         chosen = chosen.long()
         # Clamped like a masked logit's shift: a chosen -inf logit gets a large finite surprisal.
         picked = shifted.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1).clamp(min=_LOWEST_SHIFT)
-    weights = torch.exp(shifted, out=weight_buffer)
+    weights = torch.exp2(shifted, out=weight_buffer)
     total = weights.sum(dim=-1)
-    log_total = total.log()
-    # sum(e * d), the product written over the exponentials (read no more); nansum leaves out a masked
-    # logit's 0 * -inf, and any other NaN there already made ``total`` NaN.
+    log_total = total.log2()
+    # sum(e * d), the product written over the powers (read no more); nansum leaves out a masked logit's
+    # 0 * -inf, and any other NaN there already made ``total`` NaN.
     spread = weights.mul_(shifted).nansum(dim=-1)
-    entropy = (log_total - spread / total) / LN2
-    top_probs = (top - largest).exp() / total.unsqueeze(-1)
+    entropy = log_total - spread / total
+    top_probs = torch.exp2((top - largest) * _LOG2E) / total.unsqueeze(-1)
     second = top_probs[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top_probs[..., 0])
     if chosen is not None:
-        surprisal = torch.where(
-            chosen >= 0, (log_total - picked) / LN2, torch.full_like(picked, float("nan"))
-        )
+        surprisal = torch.where(chosen >= 0, log_total - picked, torch.full_like(picked, float("nan")))
     else:
         surprisal = torch.full_like(entropy, float("nan"))
     return {
