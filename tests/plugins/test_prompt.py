@@ -139,8 +139,10 @@ def test_long_prompts_use_evenly_spaced_queries(length, budget):
     assert kept and set(kept) <= set(queries)  # sparse weights come from the sampled queries only
 
 
-def test_sparse_attention_keeps_the_largest_weights_above_the_threshold_per_head():
-    capture = make_prompt(left_padding([10, 7], 10), layers=2, scale=3.0, seed=5)
+# 10 x 10 weights per head are searched a query row at a time; 16 x 16 in runs spanning several rows.
+@pytest.mark.parametrize("lengths", [[10, 7], [16, 11]])
+def test_sparse_attention_keeps_the_largest_weights_above_the_threshold_per_head(lengths):
+    capture = make_prompt(left_padding(lengths, lengths[0]), layers=2, scale=3.0, seed=5)
     values = prompt_plugin.analyse(capture, THRESHOLDS, detail=True)
     prefix = "corevital.prompt.positions.attention"
     kept = list(
