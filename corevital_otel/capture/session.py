@@ -388,10 +388,12 @@ class CaptureSession:
                 return
             if self.steps_seen == 0 and self._in_prefill() and self._prompt_fits(query.shape[2]):
                 self._keep_prompt_attention(layer, module, query, key, mask, kwargs, causal=True)
-            if layer not in self._appending:
-                self._appending[layer] = cache_layer_appends(self.cache, layer)
-            per_step = self.per_step_attention or not self._appending[layer]
-            self._stash.put_attention(layer, query, key, mask, kwargs, per_step)
+            appending = self._appending.get(layer)
+            if appending is None:
+                appending = self._appending[layer] = cache_layer_appends(self.cache, layer)
+            self._stash.put_attention(
+                layer, query, key, mask, kwargs, self.per_step_attention or not appending
+            )
         except Exception as error:  # noqa: BLE001
             self.fail("attention", error)
 
