@@ -2,9 +2,9 @@
 
 Per step and row: Shannon entropy (bits), perplexity 2^H, surprisal of the chosen token (bits),
 top-1 minus top-2 probability margin, top-10 probability mass and max probability. Computed from the
-logits shifted by their largest (a log-sum-exp in base 2), so logits masked to -inf (by the model or a bad-words list in the model) stay finite; a NaN
-logit makes every statistic of its row NaN (exported as null), never a confident-looking number. NaN/Inf
-logits are flagged by the health plugin.
+logits shifted by their largest (a log-sum-exp in base 2), so logits masked to -inf (by the model or a
+bad-words list in the model) stay finite; a NaN logit makes every statistic of its row NaN (exported as
+null), never a confident-looking number. NaN/Inf logits are flagged by the health plugin.
 """
 
 from __future__ import annotations
