@@ -75,6 +75,7 @@ GRIDS = {
         Shape("gpt2-small", 128, 64, 4),
         Shape("llama-56m", 128, 64, 1),
     ],
+    "llama": [Shape("llama-56m", 128, 64, 1)],  # the targets' slowest-to-resolve shape alone, for many rounds
     "long": [
         Shape("llama-56m", 128, 512, 1),
         Shape("llama-56m", 1024, 64, 1),
