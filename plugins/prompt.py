@@ -189,7 +189,7 @@ class _SparseTop:
         # are above it: they are dropped at export, like any weight below the threshold.
         candidates = candidates.nan_to_num_(nan=-1.0).view(prompts, heads, -1)
         value, slot = candidates.topk(min(self.cap, candidates.shape[-1]), dim=-1)
-        # The weight's place among the chunk's (query, key) pairs, then its query position and key.
+        # The weight's place among this query chunk's (query, key) pairs, then its query position and key.
         place = best.view(prompts, heads, -1).gather(-1, slot // width) * width + slot % width
         query, key = place // keys * query_step + first_query, place % keys
         if self.weight is not None:
