@@ -157,13 +157,44 @@ class _ClosedConsumer(TextIteratorStreamer):
         super().put(value)
 
 
-class _Cancelled(StoppingCriteria):
-    """The usual cancel button: a flag another thread sets, checked once per step."""
+class _LockstepStreamer(TextIteratorStreamer):
+    """A text streamer that counts the chunks it queued and those the consumer finished with, so a
+    stopping criterion can wait for the consumer to catch up: on 2 busy cores a tiny model otherwise
+    generates every token before the consumer's thread runs (CI saw it once)."""
 
-    def __init__(self, cancel: threading.Event) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queued = self.handled = 0
+        self.changed = threading.Condition()
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        with self.changed:
+            self.queued += 1
+        super().on_finalized_text(text, stream_end)
+
+    def chunks(self) -> Iterator[str]:
+        """The chunks, each counted handled once the consumer asks for the next."""
+        for chunk in self:
+            yield chunk
+            with self.changed:
+                self.handled += 1
+                self.changed.notify_all()
+
+    def wait_for_consumer(self) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.handled >= self.queued, timeout=WAIT_S)
+
+
+class _Cancelled(StoppingCriteria):
+    """The usual cancel button: a flag another thread sets, checked once per step (after the consumer
+    has handled every chunk streamed so far)."""
+
+    def __init__(self, cancel: threading.Event, streamer: _LockstepStreamer) -> None:
         self.cancel = cancel
+        self.streamer = streamer
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.Tensor:
+        self.streamer.wait_for_consumer()
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
 
 
@@ -229,7 +260,7 @@ def test_stopped_by_the_users_stopping_criteria(instrumented):
     inputs = tokenizer("w5 w6 w7 w8", return_tensors="pt")
     reference = greedy(model, inputs["input_ids"], inputs["attention_mask"], MAX_NEW)
     telemetry = instrumented()  # every built-in plugin: none of them may trip over a short generation
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=WAIT_S)
+    streamer = _LockstepStreamer(tokenizer, skip_prompt=True, timeout=WAIT_S)
     cancel = threading.Event()
     received: list[str] = []
 
@@ -239,8 +270,10 @@ def test_stopped_by_the_users_stopping_criteria(instrumented):
             if len(received) == 2:
                 cancel.set()
 
-    criteria = StoppingCriteriaList([_Cancelled(cancel)])
-    outcome = _stream(model, inputs, streamer, consume, stopping_criteria=criteria)
+    criteria = StoppingCriteriaList([_Cancelled(cancel, streamer)])
+    outcome = _stream(
+        model, inputs, streamer, lambda chunks: consume(streamer.chunks()), stopping_criteria=criteria
+    )
 
     generated = outcome["output"][0, inputs["input_ids"].shape[1] :]
     assert 2 <= len(generated) < MAX_NEW
