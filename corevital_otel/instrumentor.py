@@ -91,7 +91,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
 
     def _activate(self, options: Options, tracer_provider: Any, meter_provider: Any) -> None:
         from .capture import layer_taps
-        from .capture.attention import attention_function
+        from .capture.attention import ATTENTION_INTERFACE
         from .generation import run_instrumented
         from .plugin_host import PluginFailure, PluginHost
         from .runtime import Runtime
@@ -126,7 +126,7 @@ class CoreVitalInstrumentor(BaseInstrumentor):
         patching.wrap_all(
             {
                 patching.GENERATE: functools.partial(_traced_generate, run),
-                patching.ATTENTION_FUNCTION: attention_function,
+                patching.ATTENTION_FUNCTION: ATTENTION_INTERFACE,
                 patching.PIPELINE_INIT: _pipeline_built,
             }
         )

@@ -9,6 +9,10 @@ puts back the decoder-layer ``forward`` methods the capture taps (``capture/laye
 A plain function rather than a ``wrapt.FunctionWrapper`` proxy: torch.compile traces into a plain
 function like any other, so what a compiled forward gets is the wrapper's own decision (the attention
 wrapper hands it the model's function), while it looks through a wrapt proxy to the original.
+
+A target called on every layer of every step (the attention lookup) may instead be given as
+:class:`Direct`: a function that makes the proxy itself from the original, so no wrapper frame sits
+between them (each frame there costs microseconds, run cold between two layers' matmuls).
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
+
+
+@dataclass(frozen=True)
+class Direct:
+    """``make_proxy(original)`` returns the function to install in the original's place; it is called
+    with the instance first, like the original."""
+
+    make_proxy: Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,15 @@ def original(target: PatchTarget) -> Any:
     return _installed[target].original
 
 
-def wrap(target: PatchTarget, wrapper: Wrapper) -> bool:
+def _around(wrapper: Wrapper, raw: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(raw)
+    def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(raw.__get__(self, type(self)), self, args, kwargs)
+
+    return proxy
+
+
+def wrap(target: PatchTarget, wrapper: Wrapper | Direct) -> bool:
     """Install ``wrapper`` around ``target`` (replacing an earlier wrapper of ours); False when this
     transformers lacks the target."""
     unwrap(target)
@@ -107,14 +127,7 @@ def wrap(target: PatchTarget, wrapper: Wrapper) -> bool:
     raw = inspect.getattr_static(owner, target.attribute)
     if not isinstance(raw, types.FunctionType):
         raise TypeError(f"patching: {target.owner}.{target.attribute} is not a plain method: {raw!r}")
-
-    def make_proxy(raw: Any) -> Callable[..., Any]:
-        @functools.wraps(raw)
-        def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return wrapper(raw.__get__(self, type(self)), self, args, kwargs)
-
-        return proxy
-
+    make_proxy = wrapper.make_proxy if isinstance(wrapper, Direct) else functools.partial(_around, wrapper)
     _installed[target] = replace(owner, target.attribute, make_proxy)
     return True
 
@@ -127,7 +140,7 @@ def unwrap(target: PatchTarget) -> None:
         installed.restore()
 
 
-def wrap_all(wrappers: Mapping[PatchTarget, Wrapper]) -> None:
+def wrap_all(wrappers: Mapping[PatchTarget, Wrapper | Direct]) -> None:
     """Wrap every target of the table; a target without a wrapper is a programming error."""
     missing = [target.attribute for target in TARGETS if target not in wrappers]
     if missing or len(wrappers) != len(TARGETS):

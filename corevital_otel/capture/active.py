@@ -7,18 +7,20 @@ generate() calls in several threads never feed each other's capture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
 
 class CaptureObserver(Protocol):
-    """What the attention wrapper and the tapped layers need of a session (``session.CaptureSession`` is
+    """What the attention lookup and the tapped layers need of a session (``session.CaptureSession`` is
     one). A protocol, not an import: the session module imports this one, and types must not close a
     circle."""
 
-    def observe_attention(
-        self, module: Any, query: Any, key: Any, attention_mask: Any, kwargs: dict
-    ) -> None: ...
+    # id(function) -> what the attention lookup hands the model instead of ``function`` for this call.
+    attention_observers: dict[int, Callable[..., Any]]
+
+    def observer_of(self, function: Callable[..., Any]) -> Callable[..., Any]: ...
 
     def layer_output(self, module: Any, output: Any) -> None: ...
 

@@ -1,13 +1,14 @@
 """Attention rows of the newest query, computed beside the model's own attention implementation.
 
 transformers models fetch their attention function at call time with
-``AttentionInterface.get_interface(name, eager_default)``. We wrap that one method (an entry of
-``corevital_otel.patching``'s table): when the calling thread has no active capture it returns exactly
-what it returned before; when it has one, it returns a thin wrapper that hands query/key/mask to the
-capture session and then calls the real function (sdpa, flash, flex, eager or a user registration).
-The model keeps its kernel and its outputs are untouched. Under torch.compile the wrapper returns the real
-function (no capture inside a compiled forward; the span says so). What the session does with query and key
-(stash the new query row, score it later) is its business; the maths lives in ``attention_math``.
+``AttentionInterface.get_interface(name, eager_default)``. We replace that one method (an entry of
+``corevital_otel.patching``'s table, installed :class:`~corevital_otel.patching.Direct`: it runs on every
+layer of every step): when the calling thread has no active capture it returns exactly what it returned
+before; when it has one, it returns the session's observer of that function, which hands query/key/mask to
+the session and then calls the real function (sdpa, flash, flex, eager or a user registration). The model
+keeps its kernel and its outputs are untouched. Under torch.compile the proxy returns the real function (no
+capture inside a compiled forward; the span says so). What the session does with query and key (stash the
+new query row, score it later) is its business; the maths lives in ``attention_math``.
 """
 
 from __future__ import annotations
@@ -18,26 +19,41 @@ from typing import Any
 
 import torch
 
+from ..patching import Direct
 from .active import ACTIVE_CAPTURE
 
 
-def _observed_attention(
-    session: Any, function: Callable[..., Any], module, query, key, value, attention_mask, *args, **kwargs
-):
-    session.observe_attention(module, query, key, attention_mask, kwargs)
-    return function(module, query, key, value, attention_mask, *args, **kwargs)
+def observing(observe: Callable[..., None], function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with ``observe(module, query, key, attention_mask, kwargs)`` called first."""
+
+    def observed(module, query, key, value, attention_mask, *args, **kwargs):
+        observe(module, query, key, attention_mask, kwargs)
+        return function(module, query, key, value, attention_mask, *args, **kwargs)
+
+    return observed
 
 
-def attention_function(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    """The wrapper of ``AttentionInterface.get_interface`` (patching.ATTENTION_FUNCTION): unchanged when
-    the calling thread has no active capture, else the real function behind an observer."""
-    function = wrapped(*args, **kwargs)
-    # A compiled forward traces this: the branch folds away and the graph calls the model's own function.
-    # (Looking the capture up there broke the graph in every layer, and tracing on into the session
-    # guarded on its state: a recompilation per step until dynamo gave up and ran the layer eagerly.)
-    if torch.compiler.is_compiling():
-        return function
-    session = ACTIVE_CAPTURE.get()
-    if session is None:
-        return function
-    return functools.partial(_observed_attention, session, function)
+def _interface_proxy(get_interface: Callable[..., Any]) -> Callable[..., Any]:
+    is_compiling = torch.compiler.is_compiling
+
+    @functools.wraps(get_interface)
+    def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        function = get_interface(self, *args, **kwargs)
+        # A compiled forward traces this: the branch folds away and the graph calls the model's own
+        # function. (Looking the capture up there broke the graph in every layer, and tracing on into the
+        # session guarded on its state: a recompilation per step until dynamo gave up and ran the layer
+        # eagerly.)
+        if is_compiling():
+            return function
+        session = ACTIVE_CAPTURE.get()
+        if session is None:
+            return function
+        # The session's observer of this function, made once per call (its dict holds the function: the
+        # id stays unique while the entry lives).
+        observed = session.attention_observers.get(id(function))
+        return observed if observed is not None else session.observer_of(function)
+
+    return proxy
+
+
+ATTENTION_INTERFACE = Direct(_interface_proxy)

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import layer_taps
 from .active import ACTIVE_CAPTURE
+from .attention import observing
 from .heap import release_freed_memory
 from .layers import ModelLayout
 from .records import AttentionInputs, PromptCapture, StepBlock
@@ -128,7 +129,12 @@ class CaptureSession:
         self.hidden_steps = 0  # steps with every layer's hidden state: 0 means no layer hook ran
         self.cache: Any = None  # the last ``past_key_values`` the model's forward got: a reference, no copy
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._tapped: dict[int, int] = {}  # id(layer) -> index, for layers whose class forward reports
+        # id(decoder layer) -> its index: the layers whose class forward reports (layer_taps), and those
+        # with a forward hook of ours instead (a tapped class's forward also runs in these: not reported).
+        self._tapped: dict[int, int] = {}
+        self._hooked: dict[int, int] = {}
+        # id(attention function) -> what the model calls instead during this call (see observer_of).
+        self.attention_observers: dict[int, Callable[..., Any]] = {}
         self._prompt_root_hook: torch.utils.hooks.RemovableHandle | None = None  # off after the prefill
         self._layer_keys = new_layer_keys(layout.num_layers)
         self._weights_buffer = ReusedBuffer()  # the folds' attention weights, reused block after block
@@ -151,7 +157,8 @@ class CaptureSession:
                     if id(layer) in tapped:
                         self._tapped[id(layer)] = index
                     else:
-                        self._handles.append(layer.register_forward_hook(partial(self._after_layer, index)))
+                        self._hooked[id(layer)] = index
+                        self._handles.append(layer.register_forward_hook(self._after_layer))
             if self.switches.prompt:
                 self._attach_prompt_hooks()
 
@@ -224,6 +231,7 @@ class CaptureSession:
                 handle.remove()
             self._handles.clear()
             self._tapped.clear()
+            self._hooked.clear()
 
     def finish(self, final_tokens: torch.Tensor | None) -> None:
         """Hand on what is left: the prompt if still pending, then the last block, whose last step's
@@ -284,6 +292,8 @@ class CaptureSession:
     def fail(self, kind: str, error: BaseException) -> None:
         if kind not in self.failures:
             self.failures[kind] = f"{type(error).__name__}: {error}"
+            if kind == "attention":
+                self.attention_observers.clear()  # the next lookups hand the model its own functions
             if kind not in self._logged_failures:
                 self._logged_failures.add(kind)
                 logger.warning(
@@ -343,30 +353,38 @@ class CaptureSession:
         except Exception as error:  # noqa: BLE001
             self.fail("steps", error)
 
-    def layer_output(self, module: nn.Module, output: Any) -> None:
-        """Called by a tapped layer class (``layer_taps``) for every layer call on this thread."""
-        index = self._tapped.get(id(module))
-        if index is not None:
-            self._take_layer_output(index, output)
+    def layer_output(self, module: nn.Module, output: Any, hooked: bool = False) -> None:
+        """A decoder layer's output: called by a tapped layer class (``layer_taps``) for every layer call
+        on this thread, and (``hooked``) by the forward hook of a layer that could not be tapped.
 
-    def _after_layer(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        """The forward hook of a layer that could not be tapped."""
-        if ACTIVE_CAPTURE.get() is self:
-            self._take_layer_output(index, output)
-
-    def _take_layer_output(self, index: int, output: Any) -> None:
-        # Runs for every layer of every step: kept to a few lookups (``steps_seen == 0`` before the call
-        # to ``_in_prefill``: decoding steps stop at the comparison).
-        if "hidden_states" in self.failures:
+        Runs for every layer of every step, cold (see ``StepStash.put_hidden``): one frame down to the
+        stash, a few lookups (``steps_seen == 0`` before the call to ``_in_prefill``: decoding steps stop
+        at the comparison)."""
+        index = (self._hooked if hooked else self._tapped).get(id(module))
+        if index is None or "hidden_states" in self.failures:
             return
         try:
-            hidden = _first_tensor(output)
+            hidden = output if type(output) is torch.Tensor else _first_tensor(output)
             if hidden is not None and hidden.dim() == 3:
                 self._stash.put_hidden(index, hidden)
                 if self.steps_seen == 0 and self._in_prefill() and self._prompt_fits(hidden.shape[1]):
                     self.prompt_hidden[index] = hidden
         except Exception as error:  # noqa: BLE001
             self.fail("hidden_states", error)
+
+    def _after_layer(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """The forward hook of a layer that could not be tapped."""
+        if ACTIVE_CAPTURE.get() is self:
+            self.layer_output(module, output, hooked=True)
+
+    def observer_of(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """What the model calls instead of attention function ``function`` for the rest of this call:
+        an observer that stashes its query rows first, or ``function`` itself when attention is not
+        captured (any more). Kept in ``attention_observers``, where the attention lookup finds it."""
+        capturing = self.switches.attention and "attention" not in self.failures
+        observed = observing(self.observe_attention, function) if capturing else function
+        self.attention_observers[id(function)] = observed
+        return observed
 
     def observe_attention(
         self,
@@ -376,8 +394,8 @@ class CaptureSession:
         mask: torch.Tensor | None,
         kwargs: dict,
     ) -> None:
-        """Called by the attention-registry wrapper for every attention call on this thread."""
-        if not self.switches.attention or "attention" in self.failures:
+        """Called by this session's observer (``observer_of``) for every attention call on this thread."""
+        if "attention" in self.failures:
             return
         try:
             layer = self.layout.self_attention.get(id(module))

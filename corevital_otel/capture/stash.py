@@ -159,8 +159,8 @@ class StepStash:
         self.capacity = max_steps
         self.filled = 0  # completed slots; the slot being written is ``filled``
         self.rows: int | None = None
-        # Per completed slot: the raw logits ``(rows, vocab)`` (a view of a reference or a private copy)
-        # and the version it had.
+        # Per completed slot: the raw logits ``(rows, 1, vocab)`` (a reference, or a private copy of the
+        # last position) and the version it had.
         self.logit_refs: list[tuple[torch.Tensor, int | None]] = []
         self.logits_error: Exception | None = None  # a kept logit tensor was changed in place
         # (slot, layer, the layer's output (rows, 1, dim), its version then): gathered at fold.
@@ -213,7 +213,17 @@ class StepStash:
 
     def put_logits(self, logits: torch.Tensor) -> None:
         """``logits`` ``(rows, positions, vocab)``: the forward pass' raw logits; its last position is kept
-        (as a reference: the model hands them to generate(), which copies what it changes)."""
+        (as a reference: the model hands them to generate(), which copies what it changes).
+
+        Runs right after the output layer's matmul, cold like ``put_hidden``: a decoding step's one
+        position is kept as it is (even a view costs tens of µs here); the fold takes the position out."""
+        refs = self.logit_refs
+        if refs and logits.shape[1] == 1 and logits.shape[0] == self.rows and len(refs) == self.filled:
+            try:
+                refs.append((logits, logits._version))
+                return
+            except RuntimeError:  # made under torch.inference_mode(): no version counter to check
+                pass
         if not self.logit_refs:
             self._check_rows(logits.shape[0])
             self._fit(_FLOAT_BYTES * logits.shape[0] * logits.shape[2])
@@ -221,8 +231,7 @@ class StepStash:
             self._check_rows(logits.shape[0])
         if len(self.logit_refs) != self.filled:
             raise RuntimeError(f"logits for step slot {self.filled} after {len(self.logit_refs)} slots")
-        kept, version = _kept(logits, 1)
-        self.logit_refs.append((kept.select(1, 0), version))  # a view: it shares the version counter
+        self.logit_refs.append(_kept(logits, 1))
 
     def put_attention(
         self,
@@ -405,7 +414,8 @@ class StepStash:
             return None
         if len(self.logit_refs) < steps:
             raise RuntimeError(f"logits of {len(self.logit_refs)} of {steps} steps")
-        kept = self.logit_refs[:steps]
+        # Each step's one position, as a view (it shares the version counter its reference had).
+        kept = [(part.select(1, 0), version) for part, version in self.logit_refs[:steps]]
         check = _KeptSteps({id(part): version for part, version in kept})
         parts = [part for part, _ in kept]
         check(parts)

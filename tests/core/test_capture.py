@@ -206,7 +206,7 @@ def test_no_host_sync_while_generating(family, instrumented, monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    for name in ("_before_forward", "_after_forward", "_take_layer_output", "observe_attention"):
+    for name in ("_before_forward", "_after_forward", "layer_output", "observe_attention"):
         original = getattr(CaptureSession, name)
 
         def guarded(*args, _original=original, **kwargs):

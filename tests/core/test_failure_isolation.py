@@ -148,8 +148,8 @@ def _raise(*args, **kwargs):
 @pytest.mark.parametrize(
     ("target", "kinds", "seq2seq_kinds"),
     [
-        # Layer outputs feed the step's hidden states, and a seq2seq encoder's feed the prompt capture.
-        ("corevital_otel.capture.session._first_tensor", {"hidden_states"}, {"hidden_states", "prompt"}),
+        # Layer outputs feed the step's hidden states (a seq2seq encoder's: see the prompt test below).
+        ("corevital_otel.capture.stash.StepStash.put_hidden", {"hidden_states"}, {"hidden_states"}),
         # Both families' attention is scored for a block of stashed query rows at a time (with or
         # without a mask, every path computes its scores here).
         ("corevital_otel.capture.attention_math._scores", {"attention"}, {"attention"}),
@@ -181,6 +181,23 @@ def test_capture_failure_never_reaches_the_generation(
         counted[point.attributes["corevital.capture.kind"]] += point.value
     assert counted == {kind: CALLS for kind in kinds}
     assert len(_warnings_about(caplog, "capture exploded")) == len(kinds)
+
+
+def test_a_prompt_hook_failure_never_reaches_the_generation(quiet, monkeypatch, caplog):
+    """A seq2seq encoder's layer outputs feed the prompt capture through their own hooks."""
+    model = build_model("bart")
+    reference = _generate_twice(model)
+    monkeypatch.setattr("corevital_otel.capture.session._first_tensor", _raise)
+    caplog.set_level(logging.WARNING, logger="corevital_otel")
+    telemetry = quiet(logits_plugin)
+
+    outputs = _generate_twice(model)
+
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    assert_no_hooks(model)
+    for span in telemetry.generation_spans():
+        assert span.attributes["corevital.capture.lost"] == ("prompt: RuntimeError: capture exploded",)
+    assert len(_warnings_about(caplog, "capture exploded")) == 1
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
