@@ -34,7 +34,9 @@ def observing(observe: Callable[..., None], function: Callable[..., Any]) -> Cal
 
 
 def _interface_proxy(get_interface: Callable[..., Any]) -> Callable[..., Any]:
-    is_compiling = torch.compiler.is_compiling
+    # Dynamo folds this to True while it traces; run eagerly it is one frame that returns False, where
+    # torch.compiler.is_compiling takes two (this runs on every layer of every step).
+    is_compiling = torch.compiler.is_dynamo_compiling
 
     @functools.wraps(get_interface)
     def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -51,7 +51,9 @@ def tappable(layer: nn.Module) -> bool:
 
 
 def _make_proxy(original: Callable[..., Any]) -> Callable[..., Any]:
-    is_compiling = torch.compiler.is_compiling
+    # Dynamo folds this to True while it traces; run eagerly it is one frame that returns False, where
+    # torch.compiler.is_compiling takes two (this runs on every layer of every step).
+    is_compiling = torch.compiler.is_dynamo_compiling
 
     @functools.wraps(original)
     def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
