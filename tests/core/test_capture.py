@@ -13,6 +13,7 @@ import weakref
 
 import pytest
 import torch
+import transformers
 
 from corevital_otel import StepCapture, hookimpl
 from corevital_otel.capture.session import CaptureSession
@@ -158,6 +159,30 @@ def test_no_step_tensor_outlives_its_step(quiet):
     # The small per-step value did reach the span as a series of 8 steps x 2 rows.
     series = telemetry.generation_spans()[0].attributes["corevital.steps.weak.logit_max"]
     assert len(series) == 16 and all(value is not None for value in series)
+
+
+def test_a_finished_call_holds_no_reference_to_the_models_cache(instrumented, monkeypatch):
+    """The capture references the model's KV cache while the call runs; once generate() returns it lets
+    go at once, without waiting for the cycle collector (a finished call's capture sits in reference
+    cycles, and a cache on a GPU can be gigabytes)."""
+    caches: list[weakref.ref] = []
+    initialise = transformers.DynamicCache.__init__
+
+    def recording(self, *args, **kwargs):
+        caches.append(weakref.ref(self))
+        initialise(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.DynamicCache, "__init__", recording)
+    instrumented()  # every built-in plugin, as a user runs it
+    model = build_model("llama")
+    ids, mask = prompt_batch(batch=1, length=5)
+    gc.collect()
+    gc.disable()
+    try:
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+        assert caches and all(cache() is None for cache in caches)
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(
