@@ -145,6 +145,20 @@ def _raise(*args, **kwargs):
     raise RuntimeError("capture exploded")
 
 
+def _generate_while_failing(model, target: str, quiet, monkeypatch, caplog):
+    """Two calls with ``target`` raising: the same tokens as without it, no hook left; the telemetry."""
+    reference = _generate_twice(model)
+    monkeypatch.setattr(target, _raise)
+    caplog.set_level(logging.WARNING, logger="corevital_otel")
+    telemetry = quiet(logits_plugin)
+
+    outputs = _generate_twice(model)
+
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    assert_no_hooks(model)
+    return telemetry
+
+
 @pytest.mark.parametrize(
     ("target", "kinds", "seq2seq_kinds"),
     [
@@ -163,15 +177,7 @@ def test_capture_failure_never_reaches_the_generation(
 ):
     model = build_model(family)
     kinds = seq2seq_kinds if model.config.is_encoder_decoder else kinds
-    reference = _generate_twice(model)
-    monkeypatch.setattr(target, _raise)
-    caplog.set_level(logging.WARNING, logger="corevital_otel")
-    telemetry = quiet(logits_plugin)
-
-    outputs = _generate_twice(model)
-
-    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
-    assert_no_hooks(model)
+    telemetry = _generate_while_failing(model, target, quiet, monkeypatch, caplog)
     for span in telemetry.generation_spans():
         assert set(span.attributes["corevital.capture.lost"]) == {
             f"{kind}: RuntimeError: capture exploded" for kind in kinds
@@ -186,15 +192,8 @@ def test_capture_failure_never_reaches_the_generation(
 def test_a_prompt_hook_failure_never_reaches_the_generation(quiet, monkeypatch, caplog):
     """A seq2seq encoder's layer outputs feed the prompt capture through their own hooks."""
     model = build_model("bart")
-    reference = _generate_twice(model)
-    monkeypatch.setattr("corevital_otel.capture.session._first_tensor", _raise)
-    caplog.set_level(logging.WARNING, logger="corevital_otel")
-    telemetry = quiet(logits_plugin)
-
-    outputs = _generate_twice(model)
-
-    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
-    assert_no_hooks(model)
+    target = "corevital_otel.capture.session._first_tensor"
+    telemetry = _generate_while_failing(model, target, quiet, monkeypatch, caplog)
     for span in telemetry.generation_spans():
         assert span.attributes["corevital.capture.lost"] == ("prompt: RuntimeError: capture exploded",)
     assert len(_warnings_about(caplog, "capture exploded")) == 1
