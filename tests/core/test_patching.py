@@ -73,6 +73,26 @@ def test_wrapping_again_replaces_the_wrapper_and_keeps_the_original():
     assert vars(Child)["own"] is own
 
 
+def test_a_direct_proxy_is_installed_as_made_and_unwrapped_exactly():
+    """``Direct``: the proxy its maker returns is the class attribute itself, no wrapper frame around it."""
+    originals = []
+
+    def make_proxy(original):
+        originals.append(original)
+
+        def proxy(self, name):
+            return original(self, name) + "!"
+
+        return proxy
+
+    patching.wrap(INHERITED, patching.Direct(make_proxy))
+    assert originals == [Base.greet]
+    assert Child().greet("ada") == "hello ada!"
+    assert vars(Child)["greet"].__name__ == "proxy" and patching.installed() == (INHERITED,)
+    patching.unwrap(INHERITED)
+    assert "greet" not in vars(Child) and Child().greet("ada") == "hello ada"
+
+
 def test_a_target_this_library_lacks_is_skipped():
     assert patching.wrap(MISSING, _shout) is False
     assert patching.installed() == ()
