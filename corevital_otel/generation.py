@@ -173,6 +173,9 @@ class GenerationCall:
             logger.warning("corevital failed to finish a generation span", exc_info=True)
             self.span.set_attribute("corevital.capture.lost", ("telemetry: finishing failed",))
         finally:
+            # The session sits in reference cycles until the collector runs: the model's cache (on a GPU
+            # it can be gigabytes) is let go now, whether or not the analysis above got to it.
+            self.info.cache = self.session.cache = None
             try:
                 self.session.detach()
             finally:  # an interrupt while unhooking must not keep the span open

@@ -232,10 +232,7 @@ class CaptureSession:
             self._handles.clear()
             self._tapped.clear()
             self._hooked.clear()
-        # The session sits in reference cycles (its hooks' owner holds it, and it holds their callbacks):
-        # what it references lives until the cycle collector runs, so the model's cache goes now.
-        self.attention_observers.clear()
-        self.cache = None
+        self.attention_observers.clear()  # each holds the session: no cycle through them outlives the call
 
     def finish(self, final_tokens: torch.Tensor | None) -> None:
         """Hand on what is left: the prompt if still pending, then the last block, whose last step's
