@@ -173,8 +173,9 @@ class GenerationCall:
             logger.warning("corevital failed to finish a generation span", exc_info=True)
             self.span.set_attribute("corevital.capture.lost", ("telemetry: finishing failed",))
         finally:
-            # The session sits in reference cycles until the collector runs: the model's cache (on a GPU
-            # it can be gigabytes) is let go now, whether or not the analysis above got to it.
+            # Plugins read the model's cache's facts; its memory is not ours. The session sits in reference
+            # cycles until the collector runs, so the cache (on a GPU it can be gigabytes) is let go now,
+            # whether or not the analysis above got to it.
             self.info.cache = self.session.cache = None
             try:
                 self.session.detach()
@@ -205,15 +206,12 @@ class GenerationCall:
         )
         self.info.finish_reasons = tuple(completion.finish_reasons)
         self.info.error_type = None if error is None else error_type(error)
-        self.info.cache = self.session.cache
-        try:
-            for phase in _ANALYSIS_PHASES:
-                for _ in self.runtime.plugins.call_each(
-                    phase, self.failures, info=self.info, series=series, results=results
-                ):
-                    pass
-        finally:
-            self.info.cache = self.session.cache = None  # plugins read its facts; its memory is not ours
+        self.info.cache = self.session.cache  # plugins read its facts; finish() lets it go
+        for phase in _ANALYSIS_PHASES:
+            for _ in self.runtime.plugins.call_each(
+                phase, self.failures, info=self.info, series=series, results=results
+            ):
+                pass
         options = self.runtime.options
         messages, missing = content.span_content(
             self.span, options.capture_content, self.tokenizer, request, completion, generated
