@@ -15,7 +15,7 @@ import math
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, StepBlock, StepSeries, hookimpl
-from corevital_otel.plugins._entropy import LN2, entropy_nats
+from corevital_otel.plugins._entropy import LN2, entropy_nats, softmax_entropy
 from corevital_otel.plugins._profiles import PROFILE_KEY, ProfileOptions, Thresholds, thresholds_for
 from corevital_otel.plugins._slices import cache_slices, join_slices
 from corevital_otel.plugins._summary import publish, wants_detail
@@ -66,27 +66,51 @@ def row_statistics(attention: torch.Tensor) -> dict[str, torch.Tensor]:
     return join_slices([rows(window) for window in slices])
 
 
+def logit_row_statistics(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`row_statistics` of ``softmax(logits)``, from the logits (the lowest float where a row may not
+    attend; every row may attend to some key), without the softmax: :func:`softmax_entropy` gives the
+    entropy and the largest weight, ``1 / S``, with powers of 2 and no log per weight. NaN exactly when
+    the weights would be (a NaN or +inf logit).
+
+    Computed over the rows in the order they lie in memory (the capture's logits are a permuted view of
+    its buffer: read through the view, each pass strides across it), in cache-sized slices; the
+    statistics are put back in the view's order."""
+    order = sorted(range(logits.dim() - 1), key=lambda dim: -logits.stride(dim))
+    lying = logits.permute(*order, -1)
+    slices = cache_slices(lying.shape[0], lying[0].numel(), lying.device)
+    widest = max(window.stop - window.start for window in slices)
+    work = lying.new_empty((2, widest, *lying.shape[1:]))  # the shifted logits and their powers
+
+    def rows(window: slice) -> dict[str, torch.Tensor]:
+        part = lying[window]
+        shifted, powers = work[:, : window.stop - window.start]
+        found = softmax_entropy(part, part.amax(dim=-1, keepdim=True), (shifted, powers))
+        return {"nats": found.bits * LN2, "concentration": found.total.reciprocal()}
+
+    back = sorted(range(len(order)), key=order.__getitem__)
+    return {name: value.permute(*back) for name, value in join_slices([rows(w) for w in slices]).items()}
+
+
 def block_row_statistics(block: StepBlock) -> dict[str, torch.Tensor]:
     """:func:`row_statistics` of a block's attention ``(steps, layers, rows, heads)`` each, computed once
-    however many plugins ask (the health plugin reads its NaN rows)."""
+    however many plugins ask (the health plugin reads its NaN rows); from its attention logits when the
+    capture handed those."""
     if "attention.rows" not in block.memo:
-        block.memo["attention.rows"] = row_statistics(block.attention)
+        logits = block.attention_logits
+        found = row_statistics(block.attention) if logits is None else logit_row_statistics(logits)
+        block.memo["attention.rows"] = found
     return block.memo["attention.rows"]
 
 
 def head_statistics(
-    attention: torch.Tensor,
-    keys: torch.Tensor,
-    thresholds: Thresholds,
-    rows: dict[str, torch.Tensor] | None = None,
+    rows: dict[str, torch.Tensor], keys: torch.Tensor, thresholds: Thresholds
 ) -> dict[str, torch.Tensor]:
-    """Per-head statistics of ``(layers, rows, heads, keys)`` weights with ``(layers, rows)`` key counts
-    (``rows``: their :func:`row_statistics` when already known).
+    """Per-head statistics from the :func:`row_statistics` of ``(layers, rows, heads, keys)`` weights and
+    their ``(layers, rows)`` key counts.
 
     Returns ``(layers, rows, heads)`` tensors: ``entropy`` (bits), ``normalized_entropy`` (NaN for a
     single key), ``concentration``, and 0/1 ``collapsed`` and ``focused``.
     """
-    rows = row_statistics(attention) if rows is None else rows
     nats, concentration = rows["nats"], rows["concentration"]
     choice = (keys > 1).unsqueeze(-1)
     log_keys = keys.clamp(min=2).float().log().unsqueeze(-1)
@@ -114,15 +138,12 @@ def _rows_first(per_layer: torch.Tensor) -> torch.Tensor:
 
 
 def attention_block_values(
-    attention: torch.Tensor,
-    keys: torch.Tensor,
-    thresholds: Thresholds,
-    detail: bool,
-    rows: dict[str, torch.Tensor] | None = None,
+    rows: dict[str, torch.Tensor], keys: torch.Tensor, thresholds: Thresholds, detail: bool
 ) -> dict[str, torch.Tensor]:
-    """Block outputs from ``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key
-    counts: ``(steps, rows)`` series over all layers and heads, ``(steps, rows, layers)`` per-layer ones."""
-    stats = head_statistics(attention, keys, thresholds, rows)
+    """Block outputs from the :func:`row_statistics` of ``(steps, layers, rows, heads, keys)`` weights and
+    their ``(steps, layers, rows)`` key counts: ``(steps, rows)`` series over all layers and heads,
+    ``(steps, rows, layers)`` per-layer ones."""
+    stats = head_statistics(rows, keys, thresholds)
     entropy, concentration = stats["entropy"], stats["concentration"]  # (steps, layers, rows, heads)
     collapsed = stats["collapsed"].sum(dim=-1)
     focused = stats["focused"].sum(dim=-1)
@@ -155,7 +176,8 @@ def attention_step_values(
 ) -> dict[str, torch.Tensor]:
     """:func:`attention_block_values` of one step: ``(layers, rows, heads, keys)`` weights in, ``(rows,)``
     and ``(rows, layers)`` series out."""
-    values = attention_block_values(attention.unsqueeze(0), keys.unsqueeze(0), thresholds, detail)
+    rows = row_statistics(attention.unsqueeze(0))
+    values = attention_block_values(rows, keys.unsqueeze(0), thresholds, detail)
     return {name: value[0] for name, value in values.items()}
 
 
@@ -166,12 +188,11 @@ def corevital_generation_start(info: GenerationInfo) -> None:
 
 @hookimpl
 def corevital_steps(info: GenerationInfo, block: StepBlock) -> dict[str, torch.Tensor] | None:
-    if block.attention is None or block.attention_keys is None:
+    if not block.has_attention or block.attention_keys is None:
         return None
     thresholds: Thresholds = info.state[COREVITAL_PLUGIN_NAME]
-    return attention_block_values(
-        block.attention, block.attention_keys, thresholds, wants_detail(info), block_row_statistics(block)
-    )
+    rows = block_row_statistics(block)
+    return attention_block_values(rows, block.attention_keys, thresholds, wants_detail(info))
 
 
 @hookimpl

@@ -83,7 +83,7 @@ def nonfinite_block_values(block: StepBlock) -> dict[str, torch.Tensor]:
     nan = inf = None
     if block.hidden is not None:
         nan, inf = hidden_nonfinite(block)  # (steps, layers, rows)
-    if block.attention is not None:
+    if block.has_attention:
         # A row's largest weight is NaN exactly when one of its weights is (read from the attention
         # plugin's one pass over the block).
         attention = block_row_statistics(block)["concentration"].isnan().any(dim=-1)

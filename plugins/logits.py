@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from corevital_otel import GenerationInfo, GenerationResults, MetricSpec, StepBlock, StepSeries, hookimpl
-from corevital_otel.plugins._entropy import LN2
+from corevital_otel.plugins._entropy import LN2, LOG2E, softmax_entropy
 from corevital_otel.plugins._slices import cache_slices, join_slices
 from corevital_otel.plugins._summary import publish, real_values
 
@@ -22,7 +22,6 @@ _CHUNK = 128  # vocabulary entries per chunk when searching the top-k (see large
 # A chosen token's shifted logit below this (a masked one is -inf) is clamped to it: its surprisal stays a
 # large finite number.
 _LOWEST_SHIFT = -1.0e4 / LN2  # in bits, like every shifted logit
-_LOG2E = 1.0 / LN2
 
 _BIT_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 
@@ -77,13 +76,11 @@ def logit_statistics(
     """Statistics of raw logits ``(..., vocab)`` per leading index (a row, or a step and a row);
     ``chosen`` holds the chosen token ids ``(...)`` (``-1`` where unknown) or is None.
 
-    Few passes over the vocabulary, in base 2 (every statistic is in bits, and torch's exp2 on the CPU
-    costs about a third of its exp): one top-k (the largest logit ``m`` and the top-10), then the shifted
-    logits in bits ``d = (z - m) / ln 2``, ``e = 2^d``, ``S = sum(e)`` and ``sum(e * d)``; with
-    ``p = e / S``, entropy is ``log2 S - sum(e * d) / S`` bits and ``log2 p_i = d_i - log2 S``. A masked
-    logit (-inf) has ``e = 0`` and contributes nothing (its ``0 * -inf`` is left out of the sum); a NaN or
-    +inf logit makes ``S``, and so every statistic of its row, NaN. Also gives the largest logit and where
-    a +inf logit is (for the health plugin). ``scratch``: two float32 tensors shaped like ``logits`` for the
+    Few passes over the vocabulary, in base 2 (every statistic is in bits): one top-k (the largest logit
+    and the top-10), then :func:`softmax_entropy` (the shifted logits, their powers of 2 and two sums);
+    the chosen token's surprisal is ``log2 S - d_chosen``. A masked logit (-inf) contributes nothing; a NaN
+    or +inf logit makes every statistic of its row NaN. Also gives the largest logit and where a +inf logit
+    is (for the health plugin). ``scratch``: two float32 tensors shaped like ``logits`` for the
     shifted logits and the powers (reused across the slices of a block: fresh ones per slice made the
     allocator map and fault pages in for every slice); the first may be ``logits`` itself, which is then
     overwritten. Otherwise ``logits`` is never written.
@@ -93,19 +90,12 @@ def logit_statistics(
     largest = top[..., :1]
     shift_buffer, weight_buffer = (None, None) if scratch is None else scratch
     positive_infinity = _has_positive_infinity(z, largest[..., 0], out=weight_buffer)  # before z is shifted
-    shifted = torch.sub(z, largest, out=shift_buffer).mul_(_LOG2E)
+    entropy, total, log_total, shifted = softmax_entropy(z, largest, (shift_buffer, weight_buffer))
     if chosen is not None:
         chosen = chosen.long()
         # Clamped like a masked logit's shift: a chosen -inf logit gets a large finite surprisal.
         picked = shifted.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1).clamp(min=_LOWEST_SHIFT)
-    weights = torch.exp2(shifted, out=weight_buffer)
-    total = weights.sum(dim=-1)
-    log_total = total.log2()
-    # sum(e * d), the product written over the powers (read no more); nansum leaves out a masked logit's
-    # 0 * -inf, and any other NaN there already made ``total`` NaN.
-    spread = weights.mul_(shifted).nansum(dim=-1)
-    entropy = log_total - spread / total
-    top_probs = torch.exp2((top - largest) * _LOG2E) / total.unsqueeze(-1)
+    top_probs = torch.exp2((top - largest) * LOG2E) / total.unsqueeze(-1)
     second = top_probs[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top_probs[..., 0])
     if chosen is not None:
         surprisal = torch.where(chosen >= 0, log_total - picked, torch.full_like(picked, float("nan")))

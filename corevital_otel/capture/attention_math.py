@@ -101,7 +101,7 @@ def query_probabilities(
     return _softmax_in_place(scores).mul_(allowed.any(dim=-1, keepdim=True))
 
 
-def staircase_probabilities(
+def staircase_logits(
     query: torch.Tensor,
     key: torch.Tensor,
     first: int,
@@ -109,13 +109,14 @@ def staircase_probabilities(
     softcap: float | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weights ``(rows, heads, n, keys)`` of ``n`` query rows where row ``i`` may see the first
-    ``first + i`` keys and nothing else masks (the rows of consecutive steps of an appending cache);
-    written into ``out`` (contiguous, float32) when given.
+    """Scores ``(rows, heads, n, keys)`` of ``n`` query rows where row ``i`` may see the first
+    ``first + i`` keys and nothing else masks (the rows of consecutive steps of an appending cache), the
+    lowest float32 where a row may not attend; written into ``out`` (contiguous, float32) when given.
 
-    What :func:`query_probabilities` gives with that staircase as the mask, but only the last ``n - 1``
-    keys are masked: the keys every row saw need no mask, and a full-size masked fill costs as much as
-    the scoring itself on the CPU. Every step is in place on the scores: no other tensor that size.
+    Their softmax is what :func:`query_probabilities` gives with that staircase as the mask, but only the
+    last ``n - 1`` keys are masked: the keys every row saw need no mask, and a full-size masked fill costs
+    as much as the scoring itself on the CPU. Every step is in place on the scores: no other tensor that
+    size.
     """
     rows = query.shape[2]
     scores = _scores(query, key, scaling, out)
@@ -125,7 +126,19 @@ def staircase_probabilities(
         # A masked fill here: the tail is small, and two passes over it cost more than one fill.
         blocked = torch.ones(rows, rows - 1, dtype=torch.bool, device=query.device).triu_()
         scores[..., first:].masked_fill_(blocked, torch.finfo(torch.float32).min)
-    return _softmax_in_place(scores)
+    return scores
+
+
+def staircase_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    first: int,
+    scaling: float | None,
+    softcap: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The softmax of :func:`staircase_logits` (computed in place, into ``out`` when given)."""
+    return _softmax_in_place(staircase_logits(query, key, first, scaling, softcap, out))
 
 
 def new_query_probabilities(

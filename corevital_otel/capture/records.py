@@ -89,6 +89,22 @@ class _StackedOnRead:
         block.__dict__[self.private] = value
 
 
+class _SoftmaxOnRead:
+    """``StepBlock.attention``: when the capture handed the block its attention logits instead, their
+    softmax, computed on first read (the built-in plugins read the logits and never make it)."""
+
+    def __get__(self, block: Any, owner: type | None = None) -> torch.Tensor | None:
+        if block is None:
+            raise AttributeError("_attention")  # the dataclass field has no default
+        weights = block.__dict__["_attention"]
+        if weights is None and block.attention_logits is not None:
+            weights = block.__dict__["_attention"] = torch.softmax(block.attention_logits, dim=-1)
+        return weights
+
+    def __set__(self, block: Any, value: torch.Tensor | None) -> None:
+        block.__dict__["_attention"] = value
+
+
 @dataclass
 class StepBlock:
     """Consecutive generated steps ``start .. start + steps - 1``, still on the model's device.
@@ -99,7 +115,11 @@ class StepBlock:
       ``attention`` ``(steps, layers, rows, heads, keys)`` (zero beyond each step's own keys),
       ``attention_keys`` ``(steps, layers, rows)``;
     - ``chosen`` ``(steps, rows)`` token ids, ``-1`` where the chosen token is not known
-      (``chosen_known[i]`` says whether step ``start + i`` has them).
+      (``chosen_known[i]`` says whether step ``start + i`` has them);
+    - ``attention_logits`` ``(steps, layers, rows, heads, keys)``: the scores the weights are the softmax
+      of (q·kᵀ·scale, in nats; the lowest float32 where a row may not attend), when the capture scored the
+      block's query rows at once (None otherwise). ``attention`` is then computed from them on first read;
+      :attr:`has_attention` says whether there is attention without computing it.
 
     The capture stashes each step's raw values as the model runs and hands them over in blocks (every few
     steps and at the end; every step when something reads step values live), so a plugin computes its
@@ -113,10 +133,11 @@ class StepBlock:
     # the built-in logit pass reads them a few steps at a time (``logits_window``) and never stacks them.
     logits: torch.Tensor | None = _StackedOnRead()  # type: ignore[assignment]
     hidden: torch.Tensor | None
-    attention: torch.Tensor | None
+    attention: torch.Tensor | None = _SoftmaxOnRead()  # type: ignore[assignment]
     attention_keys: torch.Tensor | None
     chosen: torch.Tensor | None
     chosen_known: tuple[bool, ...] = ()
+    attention_logits: torch.Tensor | None = None
     # Scratch shared by the plugins for this block (e.g. one log-softmax that several plugins read).
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -126,12 +147,21 @@ class StepBlock:
         return self.__dict__["_logits"] is not None
 
     @property
+    def has_attention(self) -> bool:
+        """Whether the block holds attention (weights, or the logits they are computed from)."""
+        return self.held_attention() is not None
+
+    def held_attention(self) -> torch.Tensor | None:
+        """The attention tensor the block was handed, its logits or its weights, computing nothing."""
+        return self.attention_logits if self.attention_logits is not None else self.__dict__["_attention"]
+
+    @property
     def device(self) -> torch.device | None:
         """The device the block's tensors are on (None when it holds none)."""
         logits = self.__dict__["_logits"]
         if logits is not None:
             return logits.device
-        held = (self.hidden, self.attention, self.chosen)
+        held = (self.hidden, self.held_attention(), self.chosen)
         return next((tensor.device for tensor in held if tensor is not None), None)
 
     @property

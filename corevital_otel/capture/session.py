@@ -269,11 +269,11 @@ class CaptureSession:
             self.fail("hidden_states", stash.hidden_error)
         if stash.logits_error is not None:
             self.fail("logits", stash.logits_error)
-        self.attention_steps += sum(block.steps for block in blocks if block.attention is not None)
+        self.attention_steps += sum(block.steps for block in blocks if block.has_attention)
         self.hidden_steps += sum(block.steps for block in blocks if block.hidden is not None)
         for block in blocks:
             self.deliver_block(block)
-        release_freed_memory(sum(_host_bytes(b.attention) for b in blocks))
+        release_freed_memory(sum(_host_bytes(b.held_attention()) for b in blocks))
         return blocks[-1] if blocks else None
 
     def lost_capture(self, steps: int) -> list[str]:

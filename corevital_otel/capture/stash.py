@@ -29,6 +29,7 @@ from .attention_math import (
     allowed_keys,
     new_query_probabilities,
     query_probabilities,
+    staircase_logits,
     staircase_probabilities,
 )
 from .records import PerStep, StepBlock
@@ -99,6 +100,14 @@ def _held_elsewhere(buffer: torch.Tensor) -> bool:
         return True
     # Our own tensor, and the storage object made to ask.
     return _STORAGE_USE_COUNT(buffer.untyped_storage()._cdata) > 2
+
+
+@dataclass
+class _Attention:
+    """A fold's attention: its weights, or (the usual block) the logits they are the softmax of."""
+
+    weights: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 class ChangedInPlace(RuntimeError):
@@ -375,6 +384,8 @@ class StepStash:
             logits = self._logits(steps)
         except Exception as error:  # noqa: BLE001 - reported like the attention's
             self.logits_error, logits = error, None
+        weights = None if attention is None else attention.weights
+        scores = None if attention is None else attention.logits
         hidden_layers = [0] * steps  # per slot, the layers whose output was kept
         for slot, _, _, _ in self.hidden_refs:
             if slot < steps:
@@ -399,7 +410,8 @@ class StepStash:
                     rows=self.rows,
                     logits=None if logits is None else logits.window(window),
                     hidden=hidden[window] if has_hidden else None,  # type: ignore[index]
-                    attention=attention[window] if has_attention else None,  # type: ignore[index]
+                    attention=weights[window] if has_attention and weights is not None else None,
+                    attention_logits=scores[window] if has_attention and scores is not None else None,
                     attention_keys=attention_keys[window] if has_attention else None,  # type: ignore[index]
                     chosen=None if self.chosen is None else self.chosen[window],
                     chosen_known=tuple(self.chosen_known[begin:end]),
@@ -444,8 +456,10 @@ class StepStash:
         """The usual block, scored into one buffer: every layer's rows of steps ``0 .. steps - 1`` pending
         against the same number of keys, with no mask and nothing settled. None for any other block.
 
-        The weights are laid out ``(layers, rows, heads, steps, keys)``, as the scoring produces them, and
-        handed on as a ``(steps, layers, rows, heads, keys)`` view: no tensor per layer, no stacking."""
+        Its attention *logits* (the weights are their softmax, made only if a plugin reads them: the
+        built-in statistics come from the logits, without the softmax's division or a log per weight),
+        laid out ``(layers, rows, heads, steps, keys)``, as the scoring produces them, and handed on as a
+        ``(steps, layers, rows, heads, keys)`` view: no tensor per layer, no stacking."""
         states = self.keys
         count = states[0].key_count
         in_order = list(range(steps))
@@ -462,22 +476,23 @@ class StepStash:
         first = count - (steps - 1)
         reference = states[0].pending[0][1]
         rows, heads, _, _ = reference.shape
-        weights = self.weights_buffer.take((len(states), rows, heads, steps, count), reference.device)
+        scores = self.weights_buffer.take((len(states), rows, heads, steps, count), reference.device)
         for layer, state in enumerate(states):
             queries = _pending_queries(state)
-            staircase_probabilities(queries, state.key, first, state.scaling, state.softcap, weights[layer])
+            staircase_logits(queries, state.key, first, state.scaling, state.softcap, scores[layer])
             state.pending.clear()
             state.masks.clear()
         counts = (torch.arange(steps, device=reference.device) + first)[:, None, None]
-        return weights.permute(3, 0, 1, 2, 4), counts.expand(steps, len(states), rows).contiguous()
+        return scores.permute(3, 0, 1, 2, 4), counts.expand(steps, len(states), rows).contiguous()
 
-    def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(steps, layers, rows, heads, keys)`` weights and ``(steps, layers, rows)`` key counts."""
+    def _attention(self, steps: int) -> tuple[_Attention | None, torch.Tensor | None]:
+        """``(steps, layers, rows, heads, keys)`` weights or logits and ``(steps, layers, rows)`` key
+        counts."""
         if not any(self.attention_layers[:steps]):
             return None, None
         block = self._staircase_block(steps)
         if block is not None:
-            return block
+            return _Attention(logits=block[0]), block[1]
         for layer in range(self.num_layers):
             self.settle(layer)
         runs = [self.keys[layer].settled for layer in range(self.num_layers)]
@@ -495,7 +510,7 @@ class StepStash:
                 weights[window, layer, :, :, : probs.shape[-1]] = probs[:used]
                 counts[window, layer] = key_counts[:used]
             settled.clear()
-        return weights, counts
+        return _Attention(weights=weights), counts
 
     def held_bytes(self) -> int:
         """Memory this block keeps alive: its buffers and the storage behind every kept reference."""

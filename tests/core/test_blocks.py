@@ -209,8 +209,8 @@ def test_inference_mode_measures_the_same(family, telemetry, instrumented):
 
 
 class _AttentionKeeper:
-    """A plugin that keeps every block's attention weights (and a copy of them as they arrived), or only
-    notes which storage held them."""
+    """A plugin that keeps every block's attention logits (and a copy of them as they arrived), or only
+    notes which storage held them; it also notes whether the weights had been computed when it ran last."""
 
     COREVITAL_PLUGIN_NAME = "attention_keeper"
 
@@ -218,22 +218,26 @@ class _AttentionKeeper:
         self.keep = keep
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.storages: list[int] = []
+        self.weights_computed: list[bool] = []
 
-    @corevital_otel.hookimpl
+    @corevital_otel.hookimpl(trylast=True)
     def corevital_steps(self, info, block):
-        if block.attention is not None:
-            self.storages.append(block.attention.untyped_storage().data_ptr())
+        if block.attention_logits is not None:
+            self.weights_computed.append(vars(block)["_attention"] is not None)
+            self.storages.append(block.attention_logits.untyped_storage().data_ptr())
             if self.keep:
-                self.kept.append((block.attention, block.attention.clone()))
+                self.kept.append((block.attention_logits, block.attention_logits.clone()))
 
 
 @pytest.mark.parametrize("keep", [False, True], ids=["dropped", "kept"])
-def test_folds_reuse_their_weights_buffer_unless_a_plugin_kept_the_last_one(keep, instrumented):
+def test_folds_reuse_their_attention_buffer_unless_a_plugin_kept_the_last_one(keep, instrumented):
     model = build_model("llama")
     keeper = _AttentionKeeper(keep)
     instrumented(block_steps=2, plugins=[keeper])
     ids, mask = prompt_batch(batch=2, length=6, pad_first=0)  # no padding: every block scored in one buffer
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    # The built-in plugins read the logits: no block's weights were computed (a softmax the size of them).
+    assert keeper.weights_computed == [False] * 6
     blocks = len(keeper.storages)
     assert blocks == 6
     if keep:  # every block got its own buffer, and what a plugin kept was never written over

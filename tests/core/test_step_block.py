@@ -1,4 +1,5 @@
-"""A block's logits arrive as one reference per step and are stacked only when read."""
+"""A block's logits arrive as one reference per step and are stacked only when read; its attention may
+arrive as logits, and its weights are then computed only when read."""
 
 from __future__ import annotations
 
@@ -80,3 +81,26 @@ def test_a_block_without_logits() -> None:
     assert block.logit_step_shape is None
     assert block.logits_window(slice(0, 1)) is None
     assert block.device == torch.device("cpu")  # from the chosen tokens
+
+
+def test_attention_handed_as_logits_is_their_softmax_computed_once_when_read() -> None:
+    logits = torch.randn(3, 2, 1, 4, 7)  # (steps, layers, rows, heads, keys)
+    logits[..., 5:] = torch.finfo(torch.float32).min  # keys the rows may not attend to
+    block = _block([torch.randn(1, 5) for _ in range(3)])
+    block.attention_logits = logits
+    # Questions about the attention compute nothing.
+    assert block.has_attention
+    assert block.held_attention() is logits
+    assert vars(block)["_attention"] is None
+    weights = block.attention
+    torch.testing.assert_close(weights, torch.softmax(logits, dim=-1), rtol=0, atol=0)
+    assert torch.count_nonzero(weights[..., 5:]) == 0
+    assert block.attention is weights  # computed once
+    assert torch.equal(block.step(1).attention, weights[1])
+
+
+def test_a_block_without_attention_says_so() -> None:
+    block = _block([torch.randn(1, 5)])
+    assert not block.has_attention
+    assert block.held_attention() is None
+    assert block.attention is None

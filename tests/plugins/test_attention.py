@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corevital_otel.plugins._profiles import load_profile
-from corevital_otel.plugins.attention import attention_step_values, head_statistics
+from corevital_otel.plugins.attention import (
+    attention_step_values,
+    head_statistics,
+    logit_row_statistics,
+    row_statistics,
+)
 from tests.support.plugin_testing import array_of, decoder_layers, llama
 
 THRESHOLDS = load_profile("default")
@@ -52,11 +57,23 @@ def reference_head(row: np.ndarray, keys: int) -> dict[str, float]:
     }
 
 
+def as_logits(weights: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax is ``weights``, shifted by a different amount per head (the statistics must
+    not depend on it), the lowest float32 at a zero weight."""
+    shift = torch.linspace(-30.0, 30.0, weights.shape[-2]).unsqueeze(-1)
+    logits = weights.log() + shift
+    return logits.masked_fill(weights == 0, torch.finfo(torch.float32).min)
+
+
+@pytest.mark.parametrize("given_as", ["weights", "logits"])
 @settings(max_examples=50, deadline=None)
 @given(attention_rows())
-def test_head_statistics_match_a_loop_reference(case):
+def test_head_statistics_match_a_loop_reference(given_as, case):
     weights, counts = case
-    stats = head_statistics(torch.tensor(weights, dtype=torch.float32), torch.tensor(counts), THRESHOLDS)
+    probs = torch.tensor(weights, dtype=torch.float32)
+    # As logits: what the capture hands over, the lowest float where a row may not attend.
+    found = row_statistics(probs) if given_as == "weights" else logit_row_statistics(as_logits(probs))
+    stats = head_statistics(found, torch.tensor(counts), THRESHOLDS)
     layers, rows, heads, _ = weights.shape
     for layer in range(layers):
         for row in range(rows):
@@ -141,6 +158,18 @@ def test_a_nan_attention_row_is_never_counted_as_collapsed():
     assert values["attention.collapsed_heads"].tolist() == [0.0]
     assert values["attention.layers.collapsed"].tolist() == [[0.0, 0.0]]
     assert "attention.layers.entropy.min" not in values  # summary mode skips descriptive per-layer stats
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_logit_makes_its_row_nan_as_its_weights_would_be(bad):
+    logits = torch.randn(2, 3, 6)
+    logits[1, 2, 4] = bad
+    found = logit_row_statistics(logits)
+    weights = row_statistics(torch.softmax(logits, dim=-1))
+    for name in ("nats", "concentration"):
+        assert torch.isnan(found[name]).tolist() == torch.isnan(weights[name]).tolist()
+        assert torch.isnan(found[name]).sum().item() == 1, name
+        torch.testing.assert_close(found[name], weights[name], equal_nan=True)
 
 
 def test_collapse_on_a_real_model_names_the_peaked_layer(instrumented):
