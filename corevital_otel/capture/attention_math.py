@@ -25,7 +25,7 @@ def _scores(
     return scores.mul_(scaling if scaling is not None else 1.0 / math.sqrt(dim))  # a fresh tensor: in place
 
 
-def _softmax_in_place(scores: torch.Tensor) -> torch.Tensor:
+def softmax_in_place(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension written over ``scores`` (a float32 tensor of our own): aten's out=
     form of torch.softmax (same values; a row is read before it is written), so no second tensor that
     size is allocated."""
@@ -92,13 +92,13 @@ def query_probabilities(
         allowed = (torch.arange(num_keys, device=query.device)[None, :] <= positions[:, None])[None, None]
         _block_keys(scores, allowed)
         if num_keys >= q_len:  # then every query sees at least the first key: no row to zero
-            return _softmax_in_place(scores)
+            return softmax_in_place(scores)
     else:
-        return _softmax_in_place(scores)
+        return softmax_in_place(scores)
     # Blocked keys get exactly 0 from the softmax (exp of the lowest float); a query with no allowed key
     # would get uniform weights over keys it may not see: its row is multiplied by 0 (a small broadcast
     # multiply: a full-size masked fill after the softmax cost a third of the whole scoring on the CPU).
-    return _softmax_in_place(scores).mul_(allowed.any(dim=-1, keepdim=True))
+    return softmax_in_place(scores).mul_(allowed.any(dim=-1, keepdim=True))
 
 
 def staircase_logits(
@@ -127,18 +127,6 @@ def staircase_logits(
         blocked = torch.ones(rows, rows - 1, dtype=torch.bool, device=query.device).triu_()
         scores[..., first:].masked_fill_(blocked, torch.finfo(torch.float32).min)
     return scores
-
-
-def staircase_probabilities(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    first: int,
-    scaling: float | None,
-    softcap: float | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The softmax of :func:`staircase_logits` (computed in place, into ``out`` when given)."""
-    return _softmax_in_place(staircase_logits(query, key, first, scaling, softcap, out))
 
 
 def new_query_probabilities(

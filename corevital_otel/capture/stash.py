@@ -29,8 +29,8 @@ from .attention_math import (
     allowed_keys,
     new_query_probabilities,
     query_probabilities,
+    softmax_in_place,
     staircase_logits,
-    staircase_probabilities,
 )
 from .records import PerStep, StepBlock
 
@@ -335,7 +335,8 @@ class StepStash:
         masks = [state.masks.pop(slot) for slot in slots]
         # Each stashed row against the latest keys, masked to the keys its own step saw.
         if all(mask is None for mask in masks):
-            probs = staircase_probabilities(queries, state.key, first, state.scaling, state.softcap)
+            scores = staircase_logits(queries, state.key, first, state.scaling, state.softcap)
+            probs = softmax_in_place(scores)
             counts = (steps + first).expand(probs.shape[0], -1)  # (rows, n)
         else:
             positions = torch.arange(last, device=queries.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corevital_otel.capture.attention_math import query_probabilities, staircase_probabilities
+from corevital_otel.capture.attention_math import query_probabilities, staircase_logits
 
 
 def _reference(query, key, allowed):
@@ -59,7 +59,7 @@ def test_staircase_rows_equal_the_general_masked_scoring(rows):
     if rows > 1:
         key[:, :, -1] = float("nan")  # the last key: seen by the last row only, which it makes NaN
     allowed = (torch.arange(first + rows - 1)[None, :] < first + torch.arange(rows)[:, None])[None, None]
-    got = staircase_probabilities(query, key, first, 0.3, softcap=5.0)
+    got = torch.softmax(staircase_logits(query, key, first, 0.3, softcap=5.0), dim=-1)
     expected = query_probabilities(query, key, allowed, 0.3, softcap=5.0)
     torch.testing.assert_close(got, expected, equal_nan=True)
     assert not got[:, :, : rows - 1].isnan().any()
