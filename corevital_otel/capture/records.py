@@ -117,9 +117,10 @@ class StepBlock:
     - ``chosen`` ``(steps, rows)`` token ids, ``-1`` where the chosen token is not known
       (``chosen_known[i]`` says whether step ``start + i`` has them);
     - ``attention_logits`` ``(steps, layers, rows, heads, keys)``: the scores the weights are the softmax
-      of (q·kᵀ·scale, in nats; the lowest float32 where a row may not attend), when the capture scored the
-      block's query rows at once (None otherwise). ``attention`` is then computed from them on first read;
-      :attr:`has_attention` says whether there is attention without computing it.
+      of (q·kᵀ·scale, in nats; the lowest float32 where a row may not attend, and every row may attend
+      to some key), when the capture scored the block's query rows at once (None otherwise).
+      ``attention`` is then computed from them on first read; :attr:`has_attention` says whether there
+      is attention without computing it.
 
     The capture stashes each step's raw values as the model runs and hands them over in blocks (every few
     steps and at the end; every step when something reads step values live), so a plugin computes its

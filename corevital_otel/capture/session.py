@@ -137,7 +137,7 @@ class CaptureSession:
         self.attention_observers: dict[int, Callable[..., Any]] = {}
         self._prompt_root_hook: torch.utils.hooks.RemovableHandle | None = None  # off after the prefill
         self._layer_keys = new_layer_keys(layout.num_layers)
-        self._weights_buffer = ReusedBuffer()  # the folds' attention weights, reused block after block
+        self._logits_buffer = ReusedBuffer()  # the folds' attention logits, reused block after block
         self._stash = self._new_stash(0)
         self._prompt_pending = switches.prompt
         # Prompt internals, referenced (not copied) while the prefill/encoder pass runs, released after use.
@@ -243,11 +243,11 @@ class CaptureSession:
             self._flush()
         finally:
             self._stash.release()
-            self._weights_buffer.release()
+            self._logits_buffer.release()
 
     def _new_stash(self, start: int) -> StepStash:
         return StepStash(
-            start, self.layout.num_layers, self.max_block_steps, self._layer_keys, self._weights_buffer
+            start, self.layout.num_layers, self.max_block_steps, self._layer_keys, self._logits_buffer
         )
 
     def _prompt_done(self) -> None:

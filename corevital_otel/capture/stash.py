@@ -161,7 +161,7 @@ class StepStash:
         num_layers: int,
         max_steps: int,
         keys: list[_LayerKeys],
-        weights_buffer: ReusedBuffer,
+        logits_buffer: ReusedBuffer,
     ) -> None:
         self.start = start
         self.num_layers = num_layers
@@ -180,7 +180,7 @@ class StepStash:
         self.chosen_known = [False] * max_steps
         self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
         self.keys = keys  # shared with the session: per-layer state outlives the block
-        self.weights_buffer = weights_buffer  # likewise: the session's, reused by every block's fold
+        self.logits_buffer = logits_buffer  # likewise: the session's, reused by every block's fold
         self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
         self.hidden_error: Exception | None = None  # gathering failed at fold time: no hidden states
 
@@ -477,7 +477,7 @@ class StepStash:
         first = count - (steps - 1)
         reference = states[0].pending[0][1]
         rows, heads, _, _ = reference.shape
-        scores = self.weights_buffer.take((len(states), rows, heads, steps, count), reference.device)
+        scores = self.logits_buffer.take((len(states), rows, heads, steps, count), reference.device)
         for layer, state in enumerate(states):
             queries = _pending_queries(state)
             staircase_logits(queries, state.key, first, state.scaling, state.softcap, scores[layer])
