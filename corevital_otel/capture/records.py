@@ -12,6 +12,23 @@ from torch import nn
 from .attention_math import query_probabilities
 
 
+class _SoftmaxOnRead:
+    """``attention`` of a :class:`StepCapture` or :class:`StepBlock`: when the capture handed the record its
+    attention logits instead, their softmax, computed on first read (the built-in plugins read the logits
+    and never make it)."""
+
+    def __get__(self, record: Any, owner: type | None = None) -> torch.Tensor | None:
+        if record is None:
+            raise AttributeError("_attention")  # the dataclass field has no default
+        weights = record.__dict__["_attention"]
+        if weights is None and record.attention_logits is not None:
+            weights = record.__dict__["_attention"] = torch.softmax(record.attention_logits, dim=-1)
+        return weights
+
+    def __set__(self, record: Any, value: torch.Tensor | None) -> None:
+        record.__dict__["_attention"] = value
+
+
 @dataclass
 class StepCapture:
     """The model's internals for one generated token, still on the model's device.
@@ -24,6 +41,8 @@ class StepCapture:
       head; keys beyond a layer's own key count are zero-filled.
     - ``attention_keys``: ``(layers, rows)`` number of keys each row may attend to (padding excluded).
     - ``chosen``: ``(rows,)`` token id chosen at this step, known one step later; None when unknown.
+    - ``attention_logits``: ``(layers, rows, heads, keys)``, the scores ``attention`` is the softmax of,
+      when the capture handed those (see :class:`StepBlock`); ``attention`` is then computed on first read.
 
     A field is None when its capture is switched off or unavailable for this model.
     """
@@ -32,9 +51,10 @@ class StepCapture:
     rows: int
     logits: torch.Tensor | None
     hidden: torch.Tensor | None
-    attention: torch.Tensor | None
+    attention: torch.Tensor | None = _SoftmaxOnRead()  # type: ignore[assignment]
     attention_keys: torch.Tensor | None
     chosen: torch.Tensor | None
+    attention_logits: torch.Tensor | None = None
     # Scratch shared by the plugins for this one step (e.g. one log-softmax that several plugins read),
     # so two plugins never compute the same thing twice. Gone with the step.
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -87,22 +107,6 @@ class _StackedOnRead:
 
     def __set__(self, block: Any, value: torch.Tensor | PerStep | None) -> None:
         block.__dict__[self.private] = value
-
-
-class _SoftmaxOnRead:
-    """``StepBlock.attention``: when the capture handed the block its attention logits instead, their
-    softmax, computed on first read (the built-in plugins read the logits and never make it)."""
-
-    def __get__(self, block: Any, owner: type | None = None) -> torch.Tensor | None:
-        if block is None:
-            raise AttributeError("_attention")  # the dataclass field has no default
-        weights = block.__dict__["_attention"]
-        if weights is None and block.attention_logits is not None:
-            weights = block.__dict__["_attention"] = torch.softmax(block.attention_logits, dim=-1)
-        return weights
-
-    def __set__(self, block: Any, value: torch.Tensor | None) -> None:
-        block.__dict__["_attention"] = value
 
 
 @dataclass
@@ -191,9 +195,10 @@ class StepBlock:
             rows=self.rows,
             logits=pick(self.logits),
             hidden=pick(self.hidden),
-            attention=pick(self.attention),
+            attention=pick(self.__dict__["_attention"]),  # the block's weights only if already computed
             attention_keys=pick(self.attention_keys),
             chosen=pick(self.chosen) if known else None,
+            attention_logits=pick(self.attention_logits),
         )
 
     @classmethod
@@ -205,6 +210,7 @@ class StepBlock:
             values = [getattr(step, name) for step in steps]
             return None if any(value is None for value in values) else torch.stack(values)
 
+        attention_logits = stack("attention_logits")  # then the weights are computed only when read
         known = tuple(step.chosen is not None for step in steps)
         chosen = None
         if any(known):
@@ -221,10 +227,11 @@ class StepBlock:
             rows=first.rows,
             logits=stack("logits"),
             hidden=stack("hidden"),
-            attention=stack("attention"),
+            attention=None if attention_logits is not None else stack("attention"),
             attention_keys=stack("attention_keys"),
             chosen=chosen,
             chosen_known=known,
+            attention_logits=attention_logits,
         )
 
 

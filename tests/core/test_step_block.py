@@ -104,3 +104,18 @@ def test_a_block_without_attention_says_so() -> None:
     assert not block.has_attention
     assert block.held_attention() is None
     assert block.attention is None
+
+
+def test_a_step_of_a_block_handed_logits_computes_no_weights_until_read() -> None:
+    """A ``corevital_step`` plugin that never reads attention costs no softmax; one that does gets its
+    step's weights, and a block rebuilt from such steps still holds logits."""
+    logits = torch.randn(3, 2, 1, 4, 7)
+    block = _block([torch.randn(1, 5) for _ in range(3)])
+    block.attention_logits = logits
+    step = block.step(1)
+    assert vars(block)["_attention"] is None and vars(step)["_attention"] is None
+    torch.testing.assert_close(step.attention, torch.softmax(logits[1], dim=-1), rtol=0, atol=0)
+    assert vars(block)["_attention"] is None  # the step's own softmax, not the block's
+    rebuilt = StepBlock.of_steps([block.step(0), block.step(1)])
+    assert torch.equal(rebuilt.attention_logits, logits[:2])
+    assert vars(rebuilt)["_attention"] is None
