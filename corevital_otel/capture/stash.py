@@ -102,14 +102,6 @@ def _held_elsewhere(buffer: torch.Tensor) -> bool:
     return _STORAGE_USE_COUNT(buffer.untyped_storage()._cdata) > 2
 
 
-@dataclass
-class _Attention:
-    """A fold's attention: its weights, or (the usual block) the logits they are the softmax of."""
-
-    weights: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-
-
 class ChangedInPlace(RuntimeError):
     """A tensor the capture kept a reference to was modified in place before it was read."""
 
@@ -371,9 +363,9 @@ class StepStash:
         if steps == 0 or self.rows is None:
             return []
         try:
-            attention, attention_keys = self._attention(steps)
+            weights, scores, attention_keys = self._attention(steps)
         except Exception as error:  # noqa: BLE001 - the session reports it; the other kinds go on
-            self.attention_error, attention, attention_keys = error, None, None
+            self.attention_error, weights, scores, attention_keys = error, None, None, None
             for state in self.keys:
                 state.pending.clear()
                 state.settled.clear()
@@ -385,8 +377,6 @@ class StepStash:
             logits = self._logits(steps)
         except Exception as error:  # noqa: BLE001 - reported like the attention's
             self.logits_error, logits = error, None
-        weights = None if attention is None else attention.weights
-        scores = None if attention is None else attention.logits
         hidden_layers = [0] * steps  # per slot, the layers whose output was kept
         for slot, _, _, _ in self.hidden_refs:
             if slot < steps:
@@ -403,7 +393,7 @@ class StepStash:
                 continue
             window = slice(begin, end)
             has_hidden = hidden is not None and complete_hidden[begin]
-            has_attention = attention is not None and complete_attention[begin]
+            has_attention = attention_keys is not None and complete_attention[begin]
             blocks.append(
                 StepBlock(
                     start=self.start + begin,
@@ -486,20 +476,20 @@ class StepStash:
         counts = (torch.arange(steps, device=reference.device) + first)[:, None, None]
         return scores.permute(3, 0, 1, 2, 4), counts.expand(steps, len(states), rows).contiguous()
 
-    def _attention(self, steps: int) -> tuple[_Attention | None, torch.Tensor | None]:
-        """``(steps, layers, rows, heads, keys)`` weights or logits and ``(steps, layers, rows)`` key
-        counts."""
+    def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(steps, layers, rows, heads, keys)`` weights or (the usual block) the logits they are the
+        softmax of, the other None, and ``(steps, layers, rows)`` key counts."""
         if not any(self.attention_layers[:steps]):
-            return None, None
+            return None, None, None
         block = self._staircase_block(steps)
         if block is not None:
-            return _Attention(logits=block[0]), block[1]
+            return None, *block
         for layer in range(self.num_layers):
             self.settle(layer)
         runs = [self.keys[layer].settled for layer in range(self.num_layers)]
         reference = next((probs for settled in runs for _, probs, _ in settled), None)
         if reference is None:
-            return None, None
+            return None, None, None
         rows, heads = reference.shape[1], reference.shape[2]
         widest = max(probs.shape[-1] for settled in runs for _, probs, _ in settled)
         weights = reference.new_zeros((steps, self.num_layers, rows, heads, widest))
@@ -511,7 +501,7 @@ class StepStash:
                 weights[window, layer, :, :, : probs.shape[-1]] = probs[:used]
                 counts[window, layer] = key_counts[:used]
             settled.clear()
-        return _Attention(weights=weights), counts
+        return weights, None, counts
 
     def held_bytes(self) -> int:
         """Memory this block keeps alive: its buffers and the storage behind every kept reference."""
