@@ -5,15 +5,17 @@
     .venv/bin/python tests/benchmarks/overhead.py --device cuda             # on a GPU, CUDA-event timing
 
 Method: one process per grid, the same random weights for every variant, 1 torch thread, the process
-pinned to one core (``--core``, default the last one; ``taskset`` does the same from outside), greedy with
-``min_new_tokens = max_new_tokens`` so every call generates the same tokens. Each round runs every
-variant once, in an order rotated by one each round (plain, summary, full, output_flags, placebo; then
-summary, full, ...), after one warm-up call each; ``instrument()``/``uninstrument()`` stay outside the
-timed region. Every variant runs the same model object: separate copies of the weights sit in different
-pages and ran up to 4 % apart as plain generate() on this kind of machine, a bias as large as what is
-measured. ``output_flags`` switches that model to eager attention for its calls (outside the timed
-region), except on compiled shapes, where it keeps an eager copy of its own (switching would recompile).
-``placebo`` is plain generate() again: its ratio, ideally 1.000, is the noise floor of the run.
+pinned to one core (``--core``, default the last one; ``taskset`` does the same from outside), greedy
+with ``min_new_tokens = max_new_tokens`` so every call generates the same tokens. Each round runs every
+variant once, after one warm-up call each, in balanced orders (a Williams design: over every 2n rounds
+for n variants, n for an even n, each variant runs equally often in each position and after each other
+variant; until the tenth session the order was rotated by one, which gave every variant the same
+predecessor every round); ``instrument()``/``uninstrument()`` stay outside the timed region. Every
+variant runs the same model object: separate copies of the weights sit in different pages and ran up to
+4 % apart as plain generate() on this kind of machine, a bias as large as what is measured.
+``output_flags`` switches that model to eager attention for its calls (outside the timed region), except
+on compiled shapes, where it keeps an eager copy of its own (switching would recompile). ``placebo`` is
+plain generate() again: its ratio, ideally 1.000, is the noise floor of the run.
 The table reports, per variant, the median over rounds of the per-round ratio to plain
 generate(), a bootstrap 95 % interval of that median (how far this many noisy rounds pin it down), its
 spread (min-max and interquartile range), the median seconds per call, and how noisy the run was (the
@@ -347,15 +349,34 @@ def peak_rss_mb(shape: Shape, variant: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def rotated(items: list[Any], round_index: int) -> list[Any]:
-    shift = round_index % len(items)
-    return items[shift:] + items[:shift]
+def balanced_orders(count: int) -> list[list[int]]:
+    """Orders of ``count`` items (a Williams design) in which every item takes every position equally often
+    and follows every other item equally often: once each over ``count`` orders for an even count, twice
+    over ``2 * count`` for an odd one. A plain rotation gives every item the same predecessor each round,
+    so whatever a call leaves behind (freed memory, garbage) would always land on the same variant."""
+    first, low, high = [0], 1, count - 1
+    while len(first) < count:  # 0, 1, n-1, 2, n-2, ...: every difference between neighbours once
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    orders = [[(item + shift) % count for item in first] for shift in range(count)]
+    if count % 2:  # an odd count needs the mirrored orders too for every pair of neighbours
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
+def round_order(items: list[Any], round_index: int) -> list[Any]:
+    """The order the variants run in during round ``round_index`` (see :func:`balanced_orders`)."""
+    orders = balanced_orders(len(items))
+    return [items[index] for index in orders[round_index % len(orders)]]
 
 
 def time_shape(
     shape: Shape, rounds: int, variants: tuple[str, ...], device: str
 ) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds per call, per variant, one entry per round (interleaved, rotated); every
+    """(wall, CPU) seconds per call, per variant, one entry per round (interleaved, balanced); every
     variant on one shared model (output_flags of a compiled shape on its own eager copy)."""
     shared = Variant("plain", shape, device).model
     runners = [
@@ -371,7 +392,7 @@ def time_shape(
                 assert torch.equal(runner.last_output, plain), f"{runner.name} changed the tokens"
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for round_index in range(rounds):
-        for runner in rotated(runners, round_index):
+        for runner in round_order(runners, round_index):
             timings[runner.name].append(runner.call())
     return timings
 
@@ -505,7 +526,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         cpu = platform.processor() or platform.machine()
         machine = f"{cpu}, {os.cpu_count()} cores, pinned to one, torch {torch.__version__}, 1 thread"
     lines = [
-        f"Grid `{args.grid}`, {args.rounds} interleaved rotated rounds, {machine}.",
+        f"Grid `{args.grid}`, {args.rounds} interleaved balanced rounds, {machine}.",
         "",
         f"Targets: {TARGETS_TEXT}",
         "",

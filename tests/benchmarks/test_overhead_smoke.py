@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+
+import pytest
 
 # The benchmark is a script, not a package module: load it from its file.
 _SPEC = importlib.util.spec_from_file_location("overhead", Path(__file__).with_name("overhead.py"))
@@ -25,13 +29,25 @@ def test_benchmark_smoke_grid_writes_a_table(tmp_path):
     assert plain.split(" | ")[2] == "1.000"  # each round's ratio of plain to itself
 
 
-def test_rounds_rotate_the_order_of_variants():
-    assert [overhead.rotated(["a", "b", "c"], index) for index in range(4)] == [
-        ["a", "b", "c"],
-        ["b", "c", "a"],
-        ["c", "a", "b"],
-        ["a", "b", "c"],
-    ]
+@pytest.mark.parametrize("count", range(1, 8))
+def test_orders_balance_positions_and_predecessors(count):
+    orders = overhead.balanced_orders(count)
+    assert len(orders) == (2 * count if count % 2 else count)
+    assert all(sorted(order) == list(range(count)) for order in orders)
+    per_position = Counter((position, item) for order in orders for position, item in enumerate(order))
+    assert set(per_position.values()) == {len(orders) // count}
+    neighbours = Counter(pair for order in orders for pair in itertools.pairwise(order))
+    if count > 1:
+        assert len(neighbours) == count * (count - 1)  # every ordered pair of distinct items
+        assert set(neighbours.values()) == {1 if count % 2 == 0 else 2}
+
+
+def test_rounds_cycle_through_the_balanced_orders():
+    variants = ["plain", "summary", "full", "output_flags", "placebo"]
+    rounds = [overhead.round_order(variants, index) for index in range(11)]
+    assert rounds[0] == ["plain", "summary", "placebo", "full", "output_flags"]
+    assert rounds[10] == rounds[0]  # ten orders for five variants, then again
+    assert len({tuple(order) for order in rounds}) == 10
 
 
 def test_profile_by_part_runs_on_a_tiny_shape():
