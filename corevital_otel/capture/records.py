@@ -12,21 +12,35 @@ from torch import nn
 from .attention_math import query_probabilities
 
 
-class _SoftmaxOnRead:
-    """``attention`` of a :class:`StepCapture` or :class:`StepBlock`: when the capture handed the record its
-    attention logits instead, their softmax, computed on first read (the built-in plugins read the logits
-    and never make it)."""
+class _ComputedOnRead:
+    """A record field whose held value may stand for the one plugins read: ``compute(record, held)`` gives
+    the value to read, computed (and then kept in place of ``held``) on first read only."""
 
-    def __get__(self, record: Any, owner: type | None = None) -> torch.Tensor | None:
+    def __init__(self, compute: Callable[[Any, Any], Any]) -> None:
+        self.compute = compute
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.private = f"_{name}"
+
+    def __get__(self, record: Any, owner: type | None = None) -> Any:
         if record is None:
-            raise AttributeError("_attention")  # the dataclass field has no default
-        weights = record.__dict__["_attention"]
-        if weights is None and record.attention_logits is not None:
-            weights = record.__dict__["_attention"] = torch.softmax(record.attention_logits, dim=-1)
-        return weights
+            raise AttributeError(self.private)  # the dataclass field has no default
+        held = record.__dict__[self.private]
+        value = self.compute(record, held)
+        if value is not held:
+            record.__dict__[self.private] = value
+        return value
 
-    def __set__(self, record: Any, value: torch.Tensor | None) -> None:
-        record.__dict__["_attention"] = value
+    def __set__(self, record: Any, value: Any) -> None:
+        record.__dict__[self.private] = value
+
+
+def _softmax_of_logits(record: Any, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """``attention``: when the capture handed the record its attention logits instead, their softmax (the
+    built-in plugins read the logits and never make it)."""
+    if weights is None and record.attention_logits is not None:
+        return torch.softmax(record.attention_logits, dim=-1)
+    return weights
 
 
 @dataclass
@@ -51,7 +65,7 @@ class StepCapture:
     rows: int
     logits: torch.Tensor | None
     hidden: torch.Tensor | None
-    attention: torch.Tensor | None = _SoftmaxOnRead()  # type: ignore[assignment]
+    attention: torch.Tensor | None = _ComputedOnRead(_softmax_of_logits)  # type: ignore[assignment]
     attention_keys: torch.Tensor | None
     chosen: torch.Tensor | None
     attention_logits: torch.Tensor | None = None
@@ -91,22 +105,9 @@ class PerStep:
         return PerStep(self.parts[window], self.check)
 
 
-class _StackedOnRead:
+def _stacked(block: Any, value: torch.Tensor | PerStep | None) -> torch.Tensor | None:
     """A :class:`StepBlock` field that may be set to a :class:`PerStep`: stacked once, when first read."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.private = f"_{name}"
-
-    def __get__(self, block: Any, owner: type | None = None) -> torch.Tensor | None:
-        if block is None:
-            raise AttributeError(self.private)  # the dataclass field has no default
-        value = block.__dict__[self.private]
-        if isinstance(value, PerStep):
-            value = block.__dict__[self.private] = value.stack()
-        return value
-
-    def __set__(self, block: Any, value: torch.Tensor | PerStep | None) -> None:
-        block.__dict__[self.private] = value
+    return value.stack() if isinstance(value, PerStep) else value
 
 
 @dataclass
@@ -136,9 +137,9 @@ class StepBlock:
     rows: int
     # The capture hands the logits over as per-step references (a :class:`PerStep`), stacked on first read:
     # the built-in logit pass reads them a few steps at a time (``logits_window``) and never stacks them.
-    logits: torch.Tensor | None = _StackedOnRead()  # type: ignore[assignment]
+    logits: torch.Tensor | None = _ComputedOnRead(_stacked)  # type: ignore[assignment]
     hidden: torch.Tensor | None
-    attention: torch.Tensor | None = _SoftmaxOnRead()  # type: ignore[assignment]
+    attention: torch.Tensor | None = _ComputedOnRead(_softmax_of_logits)  # type: ignore[assignment]
     attention_keys: torch.Tensor | None
     chosen: torch.Tensor | None
     chosen_known: tuple[bool, ...] = ()
