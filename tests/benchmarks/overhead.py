@@ -23,12 +23,14 @@ spread of plain generate() itself). Host syncs per step count the ``.item()``,
 ``.cpu()``, ``.tolist()`` and ``.numpy()`` calls made from corevital code while the model decodes; on CUDA
 also every synchronisation ``torch.cuda.set_sync_debug_mode`` reports, ours minus plain's.
 
-Writes a Markdown table and JSON to --out (default docs/benchmarks/).
+Writes a Markdown table and JSON to --out (default docs/benchmarks/). Each row records ``code``, a digest
+of the measured code: ``pool_runs.py`` pools the rounds of runs of one code.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -404,16 +406,37 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def bootstrap_interval(
+    resample: Callable[[random.Random], list[float]], confidence: float = 0.95, resamples: int = 4000
+) -> tuple[float, float]:
+    """A bootstrap percentile interval of a median: the medians of ``resamples`` draws of ``resample``
+    (a fixed seed, so a table is reproducible from its JSON)."""
+    generator = random.Random(0)
+    medians = sorted(statistics.median(resample(generator)) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    return medians[int(tail * (resamples - 1))], medians[int(round((1.0 - tail) * (resamples - 1)))]
+
+
 def median_interval(
     values: list[float], confidence: float = 0.95, resamples: int = 4000
 ) -> tuple[float, float]:
-    """A bootstrap percentile interval of the median of ``values`` (rounds resampled with replacement;
-    a fixed seed, so a table is reproducible from its JSON): how far the median of this many noisy rounds
-    can be trusted."""
-    generator = random.Random(0)
-    medians = sorted(statistics.median(generator.choices(values, k=len(values))) for _ in range(resamples))
-    tail = (1.0 - confidence) / 2
-    return medians[int(tail * (resamples - 1))], medians[int(round((1.0 - tail) * (resamples - 1)))]
+    """A bootstrap percentile interval of the median of ``values`` (rounds resampled with replacement):
+    how far the median of this many noisy rounds can be trusted."""
+    def resample(generator: random.Random) -> list[float]:
+        return generator.choices(values, k=len(values))
+
+    return bootstrap_interval(resample, confidence, resamples)
+
+
+def code_digest(root: Path = ROOT) -> str:
+    """A short digest of the measured code (every file under ``corevital_otel/`` and ``plugins/``): runs
+    with the same digest measured the same code, so their rounds may be pooled (``pool_runs.py``)."""
+    digest = hashlib.sha256()
+    for package in ("corevital_otel", "plugins"):
+        for path in sorted((root / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def summarize(shape: Shape, timings: dict[str, list[tuple[float, float]]]) -> list[dict[str, Any]]:
@@ -483,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {core})
     print(f"targets: {TARGETS_TEXT}", flush=True)
     rows: list[dict[str, Any]] = []
+    code = code_digest()
     for shape in GRIDS[args.grid]:
         print(f"{'measuring' if args.memory_only else 'timing'} {shape.label} ...", flush=True)
         if args.memory_only:
@@ -495,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["host_syncs_per_step"] = syncs if row["variant"] == "full" else None
                 row["cuda_syncs_per_step"] = cuda_syncs if row["variant"] == "full" else None
         for row in shape_rows:
+            row["code"] = code
             if args.memory or args.memory_only:
                 row["peak_rss_mb"] = peak_rss_mb(shape, row["variant"])
             print("  " + _line(row), flush=True)
@@ -525,8 +550,9 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     else:
         cpu = platform.processor() or platform.machine()
         machine = f"{cpu}, {os.cpu_count()} cores, pinned to one, torch {torch.__version__}, 1 thread"
+    code = rows[0].get("code", "") if rows else ""
     lines = [
-        f"Grid `{args.grid}`, {args.rounds} interleaved balanced rounds, {machine}.",
+        f"Grid `{args.grid}`, {args.rounds} interleaved balanced rounds, {machine}; code `{code}`.",
         "",
         f"Targets: {TARGETS_TEXT}",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -27,6 +28,8 @@ def test_benchmark_smoke_grid_writes_a_table(tmp_path):
     assert full.rstrip(" |").split(" | ")[-1] == "0.00"  # no host sync per step while decoding
     plain = next(row for row in rows if " | plain | " in row)
     assert plain.split(" | ")[2] == "1.000"  # each round's ratio of plain to itself
+    measured = json.loads((tmp_path / "overhead-smoke.json").read_text())
+    assert {row["code"] for row in measured} == {overhead.code_digest()}  # what pool_runs.py checks
 
 
 @pytest.mark.parametrize("count", range(1, 8))
@@ -70,3 +73,16 @@ def test_median_interval_brackets_the_median_and_narrows_with_rounds():
     narrower = overhead.median_interval(noisy * 4)
     assert high - low > narrower[1] - narrower[0] > 0
     assert overhead.median_interval([1.03] * 5) == (1.03, 1.03)
+
+
+def test_code_digest_names_the_measured_code(tmp_path):
+    for package in ("corevital_otel", "plugins"):
+        (tmp_path / package / "__pycache__").mkdir(parents=True)
+        (tmp_path / package / "module.py").write_text("x = 1\n")
+    first = overhead.code_digest(tmp_path)
+    (tmp_path / "corevital_otel" / "__pycache__" / "module.pyc").write_bytes(b"compiled")
+    (tmp_path / "README.md").write_text("not measured code")
+    assert overhead.code_digest(tmp_path) == first  # byte code and other files are not the code
+    (tmp_path / "plugins" / "module.py").write_text("x = 2\n")
+    assert overhead.code_digest(tmp_path) != first
+    assert len(first) == 16 and overhead.code_digest() != first  # the repository's own code

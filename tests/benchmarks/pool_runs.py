@@ -1,0 +1,161 @@
+"""Pool the rounds of several overhead runs of the same code into one estimate per shape and variant.
+
+    .venv/bin/python tests/benchmarks/pool_runs.py docs/benchmarks/overhead-llama-run3.json \\
+        docs/benchmarks/overhead-llama-run4.json --out pooled.md
+
+One run of 21 or 61 rounds on a shared machine pins its median down to about ±0.02, and the same code's
+medians move by as much from run to run. Each round stays what ``overhead.py`` measured: a ratio to plain
+generate() in the same round of the same process. Pooled, per shape and variant:
+
+- the median of all rounds of all runs;
+- a bootstrap 95 % interval with each run's rounds resampled within the run (the runs as they were);
+- a wider, two-level one, with the runs resampled too, then their rounds: it counts the drift of the
+  machine's state from run to run, not only the noise of rounds (with few runs it is coarse);
+- the median of the per-round ratio to ``output_flags`` (both ran in the same rounds), with its
+  within-run interval: whether a mode is at or below the prior-art design.
+
+Runs pool only when they measured the same code: each JSON row carries ``code`` (``overhead.code_digest``)
+since the eleventh session. Rows of earlier runs have none; ``--assume-same-code`` pools them, on the word
+of whoever checked that ``corevital_otel/`` and ``plugins/`` did not change between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead import bootstrap_interval  # noqa: E402 - a script beside this one
+
+Runs = list[list[float]]  # one list of round ratios per run
+_BASELINES = ("plain", "output_flags", "placebo")  # compared with output_flags: only corevital's modes
+
+
+class MixedCode(ValueError):
+    """The runs measured different code, or some do not say which."""
+
+
+def load_rounds(paths: list[Path], assume_same_code: bool = False) -> dict[tuple[str, str], Runs]:
+    """``(shape, variant)`` -> each run's round ratios, in the order the paths were given."""
+    codes = set()
+    pooled: dict[tuple[str, str], Runs] = {}
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            if "round_ratios" not in row:
+                continue  # a memory-only row
+            codes.add(row.get("code"))
+            pooled.setdefault((row["shape"], row["variant"]), []).append(list(row["round_ratios"]))
+    if len(codes) > 1 or (None in codes and not assume_same_code):
+        named = ", ".join(sorted(code or "none recorded" for code in codes))
+        raise MixedCode(
+            f"the runs measured different code or do not say which (code: {named}); pool only runs of one"
+            " code, or pass --assume-same-code for runs that record none"
+        )
+    return pooled
+
+
+def _within_runs(runs: Runs) -> Callable[[random.Random], list[float]]:
+    return lambda generator: [ratio for run in runs for ratio in generator.choices(run, k=len(run))]
+
+
+def _runs_then_rounds(runs: Runs) -> Callable[[random.Random], list[float]]:
+    def resample(generator: random.Random) -> list[float]:
+        picked = generator.choices(runs, k=len(runs))
+        return [ratio for run in picked for ratio in generator.choices(run, k=len(run))]
+
+    return resample
+
+
+def _paired(runs: Runs, baseline: Runs) -> Runs:
+    """Each round's ratio of one variant to another that ran in the same round."""
+    return [
+        [ratio / base for ratio, base in zip(run, base_run, strict=True)]
+        for run, base_run in zip(runs, baseline, strict=True)
+    ]
+
+
+def pool(rounds: dict[tuple[str, str], Runs]) -> list[dict[str, Any]]:
+    rows = []
+    for (shape, variant), runs in rounds.items():
+        if variant == "plain":
+            continue  # each round's ratio to itself
+        everything = [ratio for run in runs for ratio in run]
+        row: dict[str, Any] = {
+            "shape": shape,
+            "variant": variant,
+            "runs": len(runs),
+            "rounds": len(everything),
+            "ratio": statistics.median(everything),
+            "within_runs_ci95": bootstrap_interval(_within_runs(runs)),
+            "two_level_ci95": bootstrap_interval(_runs_then_rounds(runs)),
+            "run_medians": [statistics.median(run) for run in runs],
+        }
+        baseline = rounds.get((shape, "output_flags"))
+        if variant not in _BASELINES and baseline is not None and len(baseline) == len(runs):
+            paired = _paired(runs, baseline)
+            row["vs_output_flags"] = statistics.median(ratio for run in paired for ratio in run)
+            row["vs_output_flags_ci95"] = bootstrap_interval(_within_runs(paired))
+        rows.append(row)
+    return rows
+
+
+def _interval(bounds: tuple[float, float]) -> str:
+    return f"{bounds[0]:.3f}–{bounds[1]:.3f}"
+
+
+def table(rows: list[dict[str, Any]], paths: list[Path]) -> str:
+    lines = [
+        f"Pooled from {len(paths)} runs: " + ", ".join(f"`{path.name}`" for path in paths) + ".",
+        "",
+        "| shape | variant | runs | rounds | pooled median ratio | 95 % CI, rounds within runs"
+        " | 95 % CI, runs then rounds | run medians | ÷ output_flags (95 % CI) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        versus = ""
+        if "vs_output_flags" in row:
+            versus = f"{row['vs_output_flags']:.3f} ({_interval(row['vs_output_flags_ci95'])})"
+        medians = ", ".join(f"{median:.3f}" for median in row["run_medians"])
+        lines.append(
+            f"| {row['shape']} | {row['variant']} | {row['runs']} | {row['rounds']} | {row['ratio']:.3f}"
+            f" | {_interval(row['within_runs_ci95'])} | {_interval(row['two_level_ci95'])} | {medians}"
+            f" | {versus} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="the JSON files overhead.py wrote")
+    parser.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
+    parser.add_argument(
+        "--assume-same-code",
+        action="store_true",
+        help="pool runs that record no code digest (checked by hand to have measured the same code)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    try:
+        rows = pool(load_rounds(args.runs, args.assume_same_code))
+    except MixedCode as error:
+        print(f"pool_runs: {error}", file=sys.stderr)
+        return 2
+    text = table(rows, args.runs)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
