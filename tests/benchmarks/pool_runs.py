@@ -51,12 +51,16 @@ def load_rounds(paths: list[Path], assume_same_code: bool = False) -> dict[tuple
                 continue  # a memory-only row
             codes.add(row.get("code"))
             pooled.setdefault((row["shape"], row["variant"]), []).append(list(row["round_ratios"]))
-    if len(codes) > 1 or (None in codes and not assume_same_code):
-        named = ", ".join(sorted(code or "none recorded" for code in codes))
+    if not pooled:
+        raise ValueError("no timed rounds in them (memory-only runs?)")
+    if codes == {None} and not assume_same_code:
         raise MixedCode(
-            f"the runs measured different code or do not say which (code: {named}); pool only runs of one"
-            " code, or pass --assume-same-code for runs that record none"
+            "the runs do not say which code they measured; pass --assume-same-code if you checked that"
+            " corevital_otel/ and plugins/ did not change between them"
         )
+    if len(codes) > 1:
+        named = ", ".join(sorted(code or "none recorded" for code in codes))
+        raise MixedCode(f"the runs measured different code ({named}): pool only runs of one code")
     return pooled
 
 
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = pool(load_rounds(args.runs, args.assume_same_code))
     except MixedCode as error:
         print(f"pool_runs: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError, TypeError) as error:  # a missing file, or not overhead.py's JSON
+        print(f"pool_runs: cannot read the runs: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     text = table(rows, args.runs)
     if args.out is None:

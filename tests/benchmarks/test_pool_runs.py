@@ -65,7 +65,19 @@ def test_the_comparison_with_output_flags_pairs_rounds(tmp_path):
 def test_runs_of_different_or_unnamed_code_are_refused(tmp_path, capsys, codes, flag):
     arguments = [str(path) for path in _two_runs(tmp_path, codes)] + (["--assume-same-code"] if flag else [])
     assert pool_runs.main(arguments) == 2
-    assert "different code" in capsys.readouterr().err
+    expected = "do not say which code" if codes == (None, None) else "measured different code"
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content", [None, "not json", '[{"variant": "plain"}]', '[{"variant": "plain", "round_ratios": [1]}]']
+)
+def test_unreadable_runs_are_named_not_a_traceback(tmp_path, capsys, content):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    assert pool_runs.main([str(path), "--assume-same-code"]) == 2
+    assert capsys.readouterr().err.startswith("pool_runs: cannot read the runs: ")
 
 
 def test_runs_that_name_no_code_pool_when_the_caller_vouches(tmp_path, capsys):
