@@ -87,12 +87,21 @@ def test_runs_that_name_no_code_pool_when_the_caller_vouches(tmp_path, capsys):
     assert "| tiny p8 n4 b1 | summary | 2 | 7 | 1.030 |" in table
 
 
-def test_the_docs_pooled_table_is_what_its_command_writes():
-    """docs/performance.md's pool_runs command, run verbatim from the repository root, rewrites the table it
-    shows byte for byte (a fixed bootstrap seed): the doc's pooled figures come from the archived runs."""
+def _pool_commands() -> list[str]:
     doc = (ROOT / "docs" / "performance.md").read_text()
-    command = next(line for line in doc.splitlines() if "tests/benchmarks/pool_runs.py" in line)
-    words = shlex.split(command.split("  #")[0])
+    command = ".venv/bin/python tests/benchmarks/pool_runs.py "
+    return [line.split("  #")[0] for line in doc.splitlines() if line.startswith(command)]
+
+
+def test_the_doc_pools_runs():
+    assert len(_pool_commands()) >= 2
+
+
+@pytest.mark.parametrize("command", _pool_commands())
+def test_each_pooled_table_in_the_docs_is_what_its_command_writes(command):
+    """docs/performance.md's pool_runs commands, run verbatim from the repository root, rewrite the tables
+    they name byte for byte (a fixed bootstrap seed): the doc's pooled figures come from the archived runs."""
+    words = shlex.split(command)
     out = ROOT / words[words.index("--out") + 1]
     committed = out.read_bytes()
     subprocess.run(words, cwd=ROOT, check=True, timeout=300)
