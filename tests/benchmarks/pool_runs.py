@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import bootstrap_interval  # noqa: E402 - a script beside this one
 
-Runs = list[list[float]]  # one list of round ratios per run
+Runs = dict[int, list[float]]  # each run's round ratios, by the run's place in the command line
 _BASELINES = ("plain", "output_flags", "placebo")  # compared with output_flags: only corevital's modes
 
 
@@ -42,15 +42,15 @@ class MixedCode(ValueError):
 
 
 def load_rounds(paths: list[Path], assume_same_code: bool = False) -> dict[tuple[str, str], Runs]:
-    """``(shape, variant)`` -> each run's round ratios, in the order the paths were given."""
+    """``(shape, variant)`` -> each run's round ratios, keyed by the run's place in ``paths``."""
     codes = set()
     pooled: dict[tuple[str, str], Runs] = {}
-    for path in paths:
+    for index, path in enumerate(paths):
         for row in json.loads(path.read_text()):
             if "round_ratios" not in row:
                 continue  # a memory-only row
             codes.add(row.get("code"))
-            pooled.setdefault((row["shape"], row["variant"]), []).append(list(row["round_ratios"]))
+            pooled.setdefault((row["shape"], row["variant"]), {})[index] = list(row["round_ratios"])
     if not pooled:
         raise ValueError("no timed rounds in them (memory-only runs?)")
     if codes == {None} and not assume_same_code:
@@ -65,23 +65,26 @@ def load_rounds(paths: list[Path], assume_same_code: bool = False) -> dict[tuple
 
 
 def _within_runs(runs: Runs) -> Callable[[random.Random], list[float]]:
-    return lambda generator: [ratio for run in runs for ratio in generator.choices(run, k=len(run))]
+    return lambda generator: [ratio for run in runs.values() for ratio in generator.choices(run, k=len(run))]
 
 
 def _runs_then_rounds(runs: Runs) -> Callable[[random.Random], list[float]]:
+    every_run = list(runs.values())
+
     def resample(generator: random.Random) -> list[float]:
-        picked = generator.choices(runs, k=len(runs))
+        picked = generator.choices(every_run, k=len(every_run))
         return [ratio for run in picked for ratio in generator.choices(run, k=len(run))]
 
     return resample
 
 
 def _paired(runs: Runs, baseline: Runs) -> Runs:
-    """Each round's ratio of one variant to another that ran in the same round."""
-    return [
-        [ratio / base for ratio, base in zip(run, base_run, strict=True)]
-        for run, base_run in zip(runs, baseline, strict=True)
-    ]
+    """Each round's ratio of one variant to another that ran in the same round, in the runs that have both."""
+    return {
+        index: [ratio / base for ratio, base in zip(run, baseline[index], strict=True)]
+        for index, run in runs.items()
+        if index in baseline
+    }
 
 
 def pool(rounds: dict[tuple[str, str], Runs]) -> list[dict[str, Any]]:
@@ -89,7 +92,7 @@ def pool(rounds: dict[tuple[str, str], Runs]) -> list[dict[str, Any]]:
     for (shape, variant), runs in rounds.items():
         if variant == "plain":
             continue  # each round's ratio to itself
-        everything = [ratio for run in runs for ratio in run]
+        everything = [ratio for run in runs.values() for ratio in run]
         row: dict[str, Any] = {
             "shape": shape,
             "variant": variant,
@@ -98,12 +101,11 @@ def pool(rounds: dict[tuple[str, str], Runs]) -> list[dict[str, Any]]:
             "ratio": statistics.median(everything),
             "within_runs_ci95": bootstrap_interval(_within_runs(runs)),
             "two_level_ci95": bootstrap_interval(_runs_then_rounds(runs)),
-            "run_medians": [statistics.median(run) for run in runs],
+            "run_medians": [statistics.median(run) for run in runs.values()],
         }
-        baseline = rounds.get((shape, "output_flags"))
-        if variant not in _BASELINES and baseline is not None and len(baseline) == len(runs):
-            paired = _paired(runs, baseline)
-            row["vs_output_flags"] = statistics.median(ratio for run in paired for ratio in run)
+        paired = _paired(runs, rounds.get((shape, "output_flags"), {}))
+        if variant not in _BASELINES and paired:
+            row["vs_output_flags"] = statistics.median(ratio for run in paired.values() for ratio in run)
             row["vs_output_flags_ci95"] = bootstrap_interval(_within_runs(paired))
         rows.append(row)
     return rows

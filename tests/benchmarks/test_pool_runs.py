@@ -59,6 +59,20 @@ def test_the_comparison_with_output_flags_pairs_rounds(tmp_path):
     assert "vs_output_flags" not in next(row for row in rows if row["variant"] == "output_flags")
 
 
+def test_the_comparison_pairs_only_runs_that_have_both_variants(tmp_path):
+    # The first run has no output_flags, the second no full: nothing pairs, whatever the round counts.
+    first = _run_file(tmp_path, "a.json", {"plain": [1.0] * 2, "full": [1.1, 1.2]}, "abc")
+    second = _run_file(tmp_path, "b.json", {"plain": [1.0] * 2, "output_flags": [1.0, 1.0]}, "abc")
+    both = {"plain": [1.0] * 2, "full": [1.05, 1.05], "output_flags": [1.0] * 2}
+    third = _run_file(tmp_path, "c.json", both, "abc")
+    rows = pool_runs.pool(pool_runs.load_rounds([first, second]))
+    assert "vs_output_flags" not in next(row for row in rows if row["variant"] == "full")
+    rows = pool_runs.pool(pool_runs.load_rounds([first, second, third]))
+    full = next(row for row in rows if row["variant"] == "full")
+    assert full["vs_output_flags"] == pytest.approx(1.05)  # the third run's rounds only
+    assert (full["runs"], full["rounds"]) == (2, 4)
+
+
 @pytest.mark.parametrize(
     ("codes", "flag"), [(("abc", "abd"), True), (("abc", None), False), ((None, None), False)]
 )
