@@ -1,7 +1,7 @@
 """Pool the rounds of several overhead runs of the same code into one estimate per shape and variant.
 
-    .venv/bin/python tests/benchmarks/pool_runs.py docs/benchmarks/overhead-llama-run3.json \\
-        docs/benchmarks/overhead-llama-run4.json --out pooled.md
+    .venv/bin/python tests/benchmarks/pool_runs.py docs/benchmarks/overhead-llama-run6.json \\
+        docs/benchmarks/overhead-llama-run7.json --out pooled.md
 
 One run of 21 or 61 rounds on a shared machine pins its median down to about ±0.02, and the same code's
 medians move by as much from run to run. Each round stays what ``overhead.py`` measured: a ratio to plain
@@ -103,8 +103,8 @@ def pool(rounds: dict[tuple[str, str], Runs]) -> list[dict[str, Any]]:
             "two_level_ci95": bootstrap_interval(_runs_then_rounds(runs)),
             "run_medians": [statistics.median(run) for run in runs.values()],
         }
-        paired = _paired(runs, rounds.get((shape, "output_flags"), {}))
-        if variant not in _BASELINES and paired:
+        paired = {} if variant in _BASELINES else _paired(runs, rounds.get((shape, "output_flags"), {}))
+        if paired:
             row["vs_output_flags"] = statistics.median(ratio for run in paired.values() for ratio in run)
             row["vs_output_flags_ci95"] = bootstrap_interval(_within_runs(paired))
         rows.append(row)
