@@ -14,7 +14,12 @@ predecessor every round); ``instrument()``/``uninstrument()`` stay outside the t
 variant runs the same model object: separate copies of the weights sit in different pages and ran up to
 4 % apart as plain generate() on this kind of machine, a bias as large as what is measured.
 ``output_flags`` switches that model to eager attention for its calls (outside the timed region), except
-on compiled shapes, where it keeps an eager copy of its own (switching would recompile). ``placebo`` is
+on compiled shapes, where it keeps an eager copy of its own (switching would recompile). The forward hooks
+transformers puts on every decoder layer and attention module the first time ``output_hidden_states`` or
+``output_attentions`` is asked for (and keeps) are on the shared model during ``output_flags``' calls only:
+its users pay them on every call, nobody else ever does. (Until the twelfth session they stayed on after
+the warm-up: every variant ran with them, plain generate() included, and corevital hooked the layers it
+would otherwise tap.) No other variant may leave a forward hook on the shared model. ``placebo`` is
 plain generate() again: its ratio, ideally 1.000, is the noise floor of the run.
 The table reports, per variant, the median over rounds of the per-round ratio to plain
 generate(), a bootstrap 95 % interval of that median (how far this many noisy rounds pin it down), its
@@ -129,6 +134,11 @@ def build_model(name: str, attn_implementation: str = "sdpa", device: str = "cpu
     return model
 
 
+def forward_hooks(model: torch.nn.Module) -> dict[tuple[torch.nn.Module, int], Callable[..., Any]]:
+    """Every forward hook on ``model`` and its modules, by (module, handle id)."""
+    return {(module, key): hook for module in model.modules() for key, hook in module._forward_hooks.items()}
+
+
 def prompt_ids(model: torch.nn.Module, shape: Shape) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(3, model.config.vocab_size, (shape.batch, shape.prompt), generator=generator)
@@ -193,10 +203,18 @@ class Variant:
             )
         self.providers: tuple[Any, Any] | None = None
         self.last_output: Any = None
+        self.shares_model = model is not None
+        self.hooks_before: dict[tuple[torch.nn.Module, int], Callable[..., Any]] = {}
+        # output_flags on the shared model: transformers' output-recording hooks, kept between its calls.
+        self.recording_hooks: dict[tuple[torch.nn.Module, int], Callable[..., Any]] = {}
 
     def enter(self) -> None:
         if self.switches_attention:
             self.model.set_attn_implementation("eager")
+        if self.shares_model:
+            self.hooks_before = forward_hooks(self.model)
+            for (module, key), hook in self.recording_hooks.items():
+                module._forward_hooks[key] = hook
         if self.name in TRACED:
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -223,6 +241,20 @@ class Variant:
             corevital_otel.uninstrument()
             assert self.providers is not None
             self.providers[0].force_flush()
+        if self.shares_model:
+            self._take_back_hooks()
+
+    def _take_back_hooks(self) -> None:
+        """Off the shared model with the forward hooks this variant's call left: output_flags keeps
+        transformers' (installed once, they would slow every other variant's calls and stop corevital from
+        tapping the layers); any other variant leaving one is a fault of the benchmark."""
+        hooks = forward_hooks(self.model)
+        left = {place: hook for place, hook in hooks.items() if place not in self.hooks_before}
+        if left and self.name != "output_flags":
+            raise RuntimeError(f"{self.name} left {len(left)} forward hooks on the shared model")
+        self.recording_hooks = left
+        for module, key in left:
+            del module._forward_hooks[key]
 
     def _run(self) -> Any:
         output = self.model.generate(self.ids, **self.kwargs)
@@ -428,12 +460,19 @@ def median_interval(
     return bootstrap_interval(resample, confidence, resamples)
 
 
+# What a run measured: the code, and this file, which decides how each variant runs (the twelfth session
+# changed what output_flags leaves on the shared model: runs on either side of that must not pool).
+MEASURED = ("corevital_otel", "plugins", "tests/benchmarks/overhead.py")
+
+
 def code_digest(root: Path = ROOT) -> str:
-    """A short digest of the measured code (every file under ``corevital_otel/`` and ``plugins/``): runs
-    with the same digest measured the same code, so their rounds may be pooled (``pool_runs.py``)."""
+    """A short digest of the measured code (every file under ``corevital_otel/`` and ``plugins/``) and of
+    the benchmark itself: runs with the same digest measured the same code the same way, so their rounds
+    may be pooled (``pool_runs.py``)."""
     digest = hashlib.sha256()
-    for package in ("corevital_otel", "plugins"):
-        for path in sorted((root / package).rglob("*")):
+    for part in MEASURED:
+        top = root / part
+        for path in [top] if top.is_file() else sorted(top.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -32,6 +32,32 @@ def test_benchmark_smoke_grid_writes_a_table(tmp_path):
     assert {row["code"] for row in measured} == {overhead.code_digest()}  # what pool_runs.py checks
 
 
+def test_output_flags_hooks_are_on_the_shared_model_during_its_own_calls_only():
+    # transformers hooks every layer and attention module for output_* and keeps the hooks: left on, they
+    # slowed plain generate() too and made corevital hook the layers instead of tapping them.
+    shape = overhead.Shape("tiny", 8, 3, 1)
+    shared = overhead.build_model("tiny")
+    plain = overhead.Variant("plain", shape, model=shared)
+    flags = overhead.Variant("output_flags", shape, model=shared)
+    for _ in range(2):  # installed by the first call, put back for the second
+        flags.call()
+        # Each step's hidden states: the embeddings' and both layers' outputs, recorded by those hooks.
+        assert [len(step) for step in flags.last_output.hidden_states] == [3, 3, 3]
+        assert overhead.forward_hooks(shared) == {}
+        plain.call()
+    assert len(flags.recording_hooks) == 4  # on each of the two decoder layers and attention modules
+
+
+def test_a_variant_leaving_a_forward_hook_on_the_shared_model_is_refused():
+    shape = overhead.Shape("tiny", 8, 3, 1)
+    shared = overhead.build_model("tiny")
+    variant = overhead.Variant("plain", shape, model=shared)
+    variant.enter()
+    shared.model.layers[0].register_forward_hook(lambda *args: None)
+    with pytest.raises(RuntimeError, match="plain left 1 forward hooks on the shared model"):
+        variant.exit()
+
+
 @pytest.mark.parametrize("count", range(1, 8))
 def test_orders_balance_positions_and_predecessors(count):
     orders = overhead.balanced_orders(count)
@@ -84,5 +110,9 @@ def test_code_digest_names_the_measured_code(tmp_path):
     (tmp_path / "README.md").write_text("not measured code")
     assert overhead.code_digest(tmp_path) == first  # byte code and other files are not the code
     (tmp_path / "plugins" / "module.py").write_text("x = 2\n")
-    assert overhead.code_digest(tmp_path) != first
+    second = overhead.code_digest(tmp_path)
+    assert second != first
+    (tmp_path / "tests" / "benchmarks").mkdir(parents=True)
+    (tmp_path / "tests" / "benchmarks" / "overhead.py").write_text("how each variant runs")
+    assert overhead.code_digest(tmp_path) != second  # the benchmark decides what was measured too
     assert len(first) == 16 and overhead.code_digest() != first  # the repository's own code
