@@ -269,6 +269,8 @@ class CaptureSession:
             self.fail("hidden_states", stash.hidden_error)
         if stash.logits_error is not None:
             self.fail("logits", stash.logits_error)
+        if stash.chosen_error is not None:
+            self.fail("chosen_tokens", stash.chosen_error)
         self.attention_steps += sum(block.steps for block in blocks if block.has_attention)
         self.hidden_steps += sum(block.steps for block in blocks if block.hidden is not None)
         for block in blocks:
@@ -324,7 +326,7 @@ class CaptureSession:
                 if ids is None and args and not self.is_encoder_decoder:
                     ids = args[0]
                 if isinstance(ids, torch.Tensor) and ids.dim() == 2:
-                    stash.put_chosen(ids[:, -1])
+                    stash.put_chosen(ids)  # a reference: the fold reads its last column
             if self.steps_seen:
                 self._prompt_done()
                 if self._prompt_root_hook is not None:

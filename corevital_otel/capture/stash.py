@@ -167,7 +167,10 @@ class StepStash:
         # (slot, layer, the layer's output (rows, 1, dim), its version then): gathered at fold.
         self.hidden_refs: list[tuple[int, int, torch.Tensor, int | None]] = []
         self.query_bytes_checked = False  # the block's length was fitted to the attention it will score
-        self.chosen: torch.Tensor | None = None
+        # (slot, the tokens it chose (rows,) or the next pass' input ids (rows, positions), their version):
+        # references, read at fold (an index and a copy per step cost more than the step's hooks).
+        self.chosen_refs: list[tuple[int, torch.Tensor, int | None]] = []
+        self.chosen_error: Exception | None = None  # a kept token tensor was changed in place
         # Per slot (preallocated: the hooks run on every layer of every step, so they stay minimal):
         self.chosen_known = [False] * max_steps
         self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
@@ -299,14 +302,21 @@ class StepStash:
         return bool(self.filled) and not self.chosen_known[self.filled - 1]
 
     def put_chosen(self, chosen: torch.Tensor | None) -> None:
-        """``chosen`` ``(rows,)``: the token the last completed step chose (ignored if it does not fit)."""
-        if chosen is None or not self.awaits_chosen or chosen.shape[0] != self.rows:
+        """The tokens the last completed step chose: ``(rows,)``, or the input ids ``(rows, positions)`` of
+        the forward pass after it, whose last column they are. Input ids (a decoding step's own small
+        tensor) are kept by reference; tokens, often a view of whole sequences, as a copy. The fold reads
+        them (and leaves tokens that do not fit the block's rows unknown)."""
+        if chosen is None or not self.awaits_chosen:
             return
-        if self.chosen is None:
-            shape = (self.capacity, chosen.shape[0])
-            self.chosen = torch.full(shape, -1, dtype=torch.long, device=chosen.device)
-        self.chosen[self.filled - 1].copy_(chosen)
-        self.chosen_known[self.filled - 1] = True
+        slot = self.filled - 1
+        try:
+            if chosen.dim() == 2:
+                self.chosen_refs.append((slot, chosen, chosen._version))
+            else:
+                self.chosen_refs.append((slot, chosen.clone(), None))
+        except RuntimeError:  # made under torch.inference_mode(): no version counter to check
+            self.chosen_refs.append((slot, chosen.clone(), None))
+        self.chosen_known[slot] = True
 
     def close_slot(self) -> None:
         self.filled += 1
@@ -377,6 +387,11 @@ class StepStash:
             logits = self._logits(steps)
         except Exception as error:  # noqa: BLE001 - reported like the attention's
             self.logits_error, logits = error, None
+        try:
+            chosen = self._chosen()
+        except Exception as error:  # noqa: BLE001 - reported like the attention's
+            self.chosen_error, chosen = error, None
+            self.chosen_known = [False] * len(self.chosen_known)
         hidden_layers = [0] * steps  # per slot, the layers whose output was kept
         for slot, _, _, _ in self.hidden_refs:
             if slot < steps:
@@ -404,12 +419,35 @@ class StepStash:
                     attention=weights[window] if has_attention and weights is not None else None,
                     attention_logits=scores[window] if has_attention and scores is not None else None,
                     attention_keys=attention_keys[window] if has_attention else None,  # type: ignore[index]
-                    chosen=None if self.chosen is None else self.chosen[window],
+                    chosen=None if chosen is None else chosen[window],
                     chosen_known=tuple(self.chosen_known[begin:end]),
                 )
             )
             begin = end
         return blocks
+
+    def _chosen(self) -> torch.Tensor | None:
+        """``(capacity, rows)`` the chosen tokens of every slot, ``-1`` where unknown."""
+        refs = self.chosen_refs
+        if not refs or self.rows is None:
+            return None
+        chosen = torch.full((self.capacity, self.rows), -1, dtype=torch.long, device=refs[0][1].device)
+        slots, tokens = [], []
+        for slot, tensor, version in refs:
+            last = _unchanged(tensor, version)
+            last = last[:, -1] if last.dim() == 2 else last
+            if last.shape[0] == self.rows:
+                slots.append(slot)
+                tokens.append(last)
+            else:
+                self.chosen_known[slot] = False
+        if tokens:
+            stacked = torch.stack(tokens)
+            if slots == list(range(slots[0], slots[0] + len(slots))):  # the usual case: no index tensor
+                chosen[slots[0] : slots[0] + len(slots)] = stacked
+            else:
+                chosen[torch.tensor(slots, device=chosen.device)] = stacked
+        return chosen
 
     def _logits(self, steps: int) -> PerStep | None:
         """The block's logits, still one reference per step (checked now, and again when stacked)."""
@@ -505,16 +543,17 @@ class StepStash:
 
     def held_bytes(self) -> int:
         """Memory this block keeps alive: its buffers and the storage behind every kept reference."""
-        buffers = [tensor for tensor in (self.chosen,) if tensor is not None]
         kept = [tensor for tensor, _ in self.logit_refs] + [tensor for _, _, tensor, _ in self.hidden_refs]
+        kept += [tensor for _, tensor, _ in self.chosen_refs]
         kept += [query for state in self.keys for _, query, _ in state.pending]
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in buffers + kept}
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
         return sum(storages.values())
 
     def release(self) -> None:
         """Drop per-layer references to the model's keys (the block's own buffers go with it)."""
         self.hidden_refs.clear()
         self.logit_refs.clear()
+        self.chosen_refs.clear()
         for state in self.keys:
             state.key = None
             state.pending.clear()
