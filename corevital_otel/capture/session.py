@@ -138,6 +138,12 @@ class CaptureSession:
         self._prompt_root_hook: torch.utils.hooks.RemovableHandle | None = None  # off after the prefill
         self._layer_keys = new_layer_keys(layout.num_layers)
         self._logits_buffer = ReusedBuffer()  # the folds' attention logits, reused block after block
+        # The short paths of a decoding step, for layers whose earlier call took the long one (see
+        # layer_output, observe_attention): id(tapped decoder layer) -> its index, for the whole call;
+        # id(attention module) -> its layer's keys, for the current block. Emptied when that kind fails.
+        self._hidden_lanes: dict[int, int] = {}
+        self._attention_lanes: dict[int, Any] = {}
+        self._slot = 0  # the stash slot the running forward pass fills
         self._stash = self._new_stash(0)
         self._prompt_pending = switches.prompt
         # Prompt internals, referenced (not copied) while the prefill/encoder pass runs, released after use.
@@ -239,7 +245,7 @@ class CaptureSession:
         chosen token is only known from the returned sequences."""
         try:
             self._prompt_done()
-            self._stash.put_chosen(final_tokens)
+            self._keep_chosen(final_tokens)
             self._flush()
         finally:
             self._stash.release()
@@ -262,6 +268,8 @@ class CaptureSession:
         if not stash.filled:
             return None
         self._stash = self._new_stash(stash.start + stash.filled)
+        self._slot = 0
+        self._attention_lanes.clear()  # a new block fits its length to the attention again
         blocks = stash.fold()
         if stash.attention_error is not None:
             self.fail("attention", stash.attention_error)
@@ -277,6 +285,10 @@ class CaptureSession:
             self.deliver_block(block)
         release_freed_memory(sum(_host_bytes(b.held_attention()) for b in blocks))
         return blocks[-1] if blocks else None
+
+    def _keep_chosen(self, tokens: torch.Tensor | None) -> None:
+        if "chosen_tokens" not in self.failures:
+            self._stash.put_chosen(tokens)
 
     def lost_capture(self, steps: int) -> list[str]:
         """What this call's capture lost: hooks that never ran although steps did, and capture failures."""
@@ -297,6 +309,9 @@ class CaptureSession:
             self.failures[kind] = f"{type(error).__name__}: {error}"
             if kind == "attention":
                 self.attention_observers.clear()  # the next lookups hand the model its own functions
+                self._attention_lanes.clear()
+            elif kind == "hidden_states":
+                self._hidden_lanes.clear()
             if kind not in self._logged_failures:
                 self._logged_failures.add(kind)
                 logger.warning(
@@ -326,7 +341,7 @@ class CaptureSession:
                 if ids is None and args and not self.is_encoder_decoder:
                     ids = args[0]
                 if isinstance(ids, torch.Tensor) and ids.dim() == 2:
-                    stash.put_chosen(ids)  # a reference: the fold reads its last column
+                    self._keep_chosen(ids)  # a reference: the fold reads its last column
             if self.steps_seen:
                 self._prompt_done()
                 if self._prompt_root_hook is not None:
@@ -352,6 +367,7 @@ class CaptureSession:
                     raise TypeError(f"forward output {type(output).__name__} has no logits")
                 self._stash.put_logits(logits)
             self._stash.close_slot()
+            self._slot = self._stash.filled
             self.steps_seen += 1
         except Exception as error:  # noqa: BLE001
             self.fail("steps", error)
@@ -360,9 +376,15 @@ class CaptureSession:
         """A decoder layer's output: called by a tapped layer class (``layer_taps``) for every layer call
         on this thread, and (``hooked``) by the forward hook of a layer that could not be tapped.
 
-        Runs for every layer of every step, cold (see ``StepStash.put_hidden``): one frame down to the
-        stash, a few lookups (``steps_seen == 0`` before the call to ``_in_prefill``: decoding steps stop
-        at the comparison)."""
+        Runs for every layer of every step, cold between two layers' matmuls (about a microsecond a line
+        on a 56M model): a tapped layer already kept once during decoding goes straight to the stash."""
+        index = self._hidden_lanes.get(id(module))
+        if index is not None and type(output) is torch.Tensor:
+            try:
+                self._stash.put_hidden(index, output)
+            except Exception as error:  # noqa: BLE001 - a hook error would break the model's forward
+                self.fail("hidden_states", error)
+            return
         index = (self._hooked if hooked else self._tapped).get(id(module))
         if index is None or "hidden_states" in self.failures:
             return
@@ -370,8 +392,11 @@ class CaptureSession:
             hidden = output if type(output) is torch.Tensor else _first_tensor(output)
             if hidden is not None and hidden.dim() == 3:
                 self._stash.put_hidden(index, hidden)
-                if self.steps_seen == 0 and self._in_prefill() and self._prompt_fits(hidden.shape[1]):
-                    self.prompt_hidden[index] = hidden
+                if self.steps_seen == 0:
+                    if self._in_prefill() and self._prompt_fits(hidden.shape[1]):
+                        self.prompt_hidden[index] = hidden
+                elif not hooked and hidden is output:
+                    self._hidden_lanes[id(module)] = index
         except Exception as error:  # noqa: BLE001
             self.fail("hidden_states", error)
 
@@ -397,7 +422,17 @@ class CaptureSession:
         mask: torch.Tensor | None,
         kwargs: dict,
     ) -> None:
-        """Called by this session's observer (``observer_of``) for every attention call on this thread."""
+        """Called by this session's observer (``observer_of``) for every attention call on this thread.
+
+        Runs for every layer of every step, cold like ``layer_output``: a decoding step of a layer let in
+        this block goes straight to its keys' short path (``keep_row``)."""
+        lane = self._attention_lanes.get(id(module))
+        try:
+            if lane is not None and lane.keep_row(self._slot, query, key, mask, kwargs):
+                return
+        except Exception as error:  # noqa: BLE001 - a hook error would break the model's forward
+            self.fail("attention", error)
+            return
         if "attention" in self.failures:
             return
         try:
@@ -412,9 +447,9 @@ class CaptureSession:
             appending = self._appending.get(layer)
             if appending is None:
                 appending = self._appending[layer] = cache_layer_appends(self.cache, layer)
-            self._stash.put_attention(
-                layer, query, key, mask, kwargs, self.per_step_attention or not appending
-            )
+            per_step = self.per_step_attention or not appending
+            if self._stash.put_attention(layer, query, key, mask, kwargs, per_step) and not per_step:
+                self._attention_lanes[id(module)] = self._stash.keys[layer]
         except Exception as error:  # noqa: BLE001
             self.fail("attention", error)
 
@@ -442,6 +477,6 @@ class CaptureSession:
         """Hand the stashed steps on now (a stopping criterion knows the last one's chosen token already)."""
         if not self._is_mine():
             return None
-        self._stash.put_chosen(chosen)
+        self._keep_chosen(chosen)
         self._prompt_done()
         return self._flush()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.nn import functional
@@ -57,6 +58,28 @@ class _LayerKeys:
     masks: dict[int, torch.Tensor | None] = field(default_factory=dict)  # slot -> the mask it saw
     # Scored runs of slots: (first slot, weights (n, rows, heads, keys), key counts (n, rows)).
     settled: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def keep_row(self, slot: int, query: torch.Tensor, key: torch.Tensor, mask: Any, kwargs: dict) -> bool:
+        """A decoding step's one new query row, kept by reference to be scored at fold; False (nothing
+        kept) unless the keys grew by exactly one since the last row and no position bias is added.
+
+        The short path of a layer whose earlier call this block went through
+        :meth:`StepStash.put_attention` and was let in (its cache appends, its rows need no scoring per
+        step, the block's length is fitted): it runs for every layer of every step, cold between two
+        layers' matmuls, so it touches only this state, the tensors and ``kwargs``. One new key means one
+        new position: the query's shape is not read (the fold's concatenation fails on differing rows)."""
+        count = key.shape[2]
+        if count - 1 != self.key_count or kwargs.get("position_bias") is not None:
+            return False
+        try:
+            self.pending.append((slot, query, query._version))
+        except RuntimeError:  # made under torch.inference_mode(): no version counter to check
+            self.pending.append((slot, query.clone(), None))
+        if mask is not None and isinstance(mask, torch.Tensor) and mask.dim() == 4:  # no entry: no mask
+            self.masks[slot] = mask
+        self.key, self.key_count = key, count
+        self.scaling, self.softcap = kwargs.get("scaling"), kwargs.get("softcap")
+        return True
 
 
 def _additive(row: torch.Tensor) -> torch.Tensor:
@@ -173,7 +196,6 @@ class StepStash:
         self.chosen_error: Exception | None = None  # a kept token tensor was changed in place
         # Per slot (preallocated: the hooks run on every layer of every step, so they stay minimal):
         self.chosen_known = [False] * max_steps
-        self.attention_layers = [0] * max_steps  # layers whose attention was stashed or settled
         self.keys = keys  # shared with the session: per-layer state outlives the block
         self.logits_buffer = logits_buffer  # likewise: the session's, reused by every block's fold
         self.attention_error: Exception | None = None  # scoring failed at fold time: no attention
@@ -245,31 +267,12 @@ class StepStash:
         mask: torch.Tensor | None,
         kwargs: dict,
         per_step: bool,
-    ) -> None:
-        """The layer's query ``(rows, heads, q_len, dim)`` and keys ``(rows, kv_heads, keys, dim)``."""
+    ) -> bool:
+        """The layer's query ``(rows, heads, q_len, dim)`` and keys ``(rows, kv_heads, keys, dim)``. True when
+        its newest row was kept to be scored at fold: the layer's next decoding steps may go straight to
+        its state's :meth:`_LayerKeys.keep_row` for the rest of this block."""
         state = self.keys[layer]
         count = key.shape[2]
-        # The usual decoding step: one new query row of an appending cache, kept by reference (the
-        # shortest path, as in put_hidden: the fold's concatenation fails on differing rows).
-        if (
-            not per_step
-            and self.query_bytes_checked
-            and count - 1 == state.key_count
-            and query.shape[2] == 1
-            and kwargs.get("position_bias") is None
-        ):
-            slot = self.filled
-            try:
-                state.pending.append((slot, query, query._version))
-            except RuntimeError:  # made under torch.inference_mode(): no version counter to check
-                state.pending.append((slot, query.clone(), None))
-            state.masks[slot] = (
-                mask if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 4) else None
-            )
-            state.key, state.key_count = key, count
-            state.scaling, state.softcap = kwargs.get("scaling"), kwargs.get("softcap")
-            self.attention_layers[slot] += 1
-            return
         rows, _, positions, _ = query.shape
         if rows != self.rows:
             self._check_rows(rows)
@@ -283,6 +286,7 @@ class StepStash:
                 query, key, mask, kwargs.get("scaling"), position_bias=position_bias, softcap=softcap
             )
             state.settled.append((self.filled, probs[None], counts[None]))
+            kept = False
         else:
             if not self.query_bytes_checked:
                 _, heads, _, dim = query.shape
@@ -291,10 +295,12 @@ class StepStash:
                 self.query_bytes_checked = True
             slot = self.filled
             state.pending.append((slot, *_kept(query, 2)))
-            state.masks[slot] = mask
+            if mask is not None:
+                state.masks[slot] = mask
+            kept = True
         state.key, state.key_count = key, count
         state.scaling, state.softcap = kwargs.get("scaling"), softcap
-        self.attention_layers[self.filled] += 1
+        return kept
 
     @property
     def awaits_chosen(self) -> bool:
@@ -334,7 +340,7 @@ class StepStash:
         last = state.key_count
         first = last - (len(slots) - 1)  # append-only: one more key per pending step
         steps = torch.arange(len(slots), device=queries.device)
-        masks = [state.masks.pop(slot) for slot in slots]
+        masks = [state.masks.pop(slot, None) for slot in slots]
         # Each stashed row against the latest keys, masked to the keys its own step saw.
         if all(mask is None for mask in masks):
             scores = staircase_logits(queries, state.key, first, state.scaling, state.softcap)
@@ -372,6 +378,7 @@ class StepStash:
         steps = self.filled
         if steps == 0 or self.rows is None:
             return []
+        attention_layers = self._attention_layers(steps)
         try:
             weights, scores, attention_keys = self._attention(steps)
         except Exception as error:  # noqa: BLE001 - the session reports it; the other kinds go on
@@ -397,7 +404,7 @@ class StepStash:
             if slot < steps:
                 hidden_layers[slot] += 1
         complete_hidden = [hidden_layers[i] == self.num_layers for i in range(steps)]
-        complete_attention = [self.attention_layers[i] == self.num_layers for i in range(steps)]
+        complete_attention = [attention_layers[i] == self.num_layers for i in range(steps)]
         blocks = []
         begin = 0
         for end in range(1, steps + 1):
@@ -425,6 +432,18 @@ class StepStash:
             )
             begin = end
         return blocks
+
+    def _attention_layers(self, steps: int) -> list[int]:
+        """Per slot, the layers whose attention row was kept or scored."""
+        layers = [0] * steps
+        for state in self.keys:
+            for slot, _, _ in state.pending:
+                if slot < steps:
+                    layers[slot] += 1
+            for first, probs, _ in state.settled:
+                for slot in range(first, min(steps, first + probs.shape[0])):
+                    layers[slot] += 1
+        return layers
 
     def _chosen(self) -> torch.Tensor | None:
         """``(capacity, rows)`` the chosen tokens of every slot, ``-1`` where unknown."""
@@ -517,7 +536,7 @@ class StepStash:
     def _attention(self, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(steps, layers, rows, heads, keys)`` weights or (the usual block) the logits they are the
         softmax of, the other None, and ``(steps, layers, rows)`` key counts."""
-        if not any(self.attention_layers[:steps]):
+        if not any(state.pending or state.settled for state in self.keys):
             return None, None, None
         block = self._staircase_block(steps)
         if block is not None:

@@ -168,8 +168,13 @@ def _generate_while_failing(model, target: str, quiet, monkeypatch, caplog):
         # without a mask, every path computes its scores here).
         ("corevital_otel.capture.attention_math._scores", {"attention"}, {"attention"}),
         ("corevital_otel.capture.stash.StepStash.close_slot", {"steps"}, {"steps"}),
+        # A decoding step's attention row of a layer already seen this block takes this short path
+        # (the tiny BART stops after its first token: none of its steps decodes with a cache).
+        ("corevital_otel.capture.stash._LayerKeys.keep_row", {"attention"}, set()),
+        # The chosen tokens, kept as references to the next pass' input ids, are read at fold.
+        ("corevital_otel.capture.stash.StepStash._chosen", {"chosen_tokens"}, {"chosen_tokens"}),
     ],
-    ids=["layer-hooks", "attention", "step-assembly"],
+    ids=["layer-hooks", "attention", "step-assembly", "attention-short-path", "chosen-tokens"],
 )
 @pytest.mark.parametrize("family", ["mixtral", "bart"])
 def test_capture_failure_never_reaches_the_generation(
@@ -179,7 +184,7 @@ def test_capture_failure_never_reaches_the_generation(
     kinds = seq2seq_kinds if model.config.is_encoder_decoder else kinds
     telemetry = _generate_while_failing(model, target, quiet, monkeypatch, caplog)
     for span in telemetry.generation_spans():
-        assert set(span.attributes["corevital.capture.lost"]) == {
+        assert set(span.attributes.get("corevital.capture.lost", ())) == {
             f"{kind}: RuntimeError: capture exploded" for kind in kinds
         }
     counted = Counter()
@@ -255,3 +260,31 @@ def test_logits_changed_in_place_after_the_step_are_never_read(quiet):
         (lost,) = span.attributes["corevital.capture.lost"]
         assert lost.startswith("logits: ChangedInPlace: the model changed a captured"), lost
         assert "corevital.logits.entropy.mean" not in span.attributes
+
+
+def test_input_ids_changed_in_place_after_the_step_are_never_read(quiet):
+    """A step's chosen tokens are kept as a reference to the next forward pass' input ids: a hook that
+    changes those in place before the block is folded loses the chosen tokens for the call (said on the
+    span; no surprisal is computed), never a changed value."""
+    model = build_model("llama")
+    reference = _generate_twice(model)
+    telemetry = quiet(logits_plugin)
+
+    seen: list[torch.Tensor] = []
+
+    def touch(module, args, kwargs):  # before the capture's own pre-hook: the previous pass' ids
+        for ids in seen:
+            ids.add_(0)  # values unchanged, version + 1
+        seen[:] = [kwargs["input_ids"]]
+
+    handle = model.register_forward_pre_hook(touch, with_kwargs=True)
+    try:
+        outputs = _generate_twice(model)
+    finally:
+        handle.remove()
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    for span in telemetry.generation_spans():
+        (lost,) = span.attributes["corevital.capture.lost"]
+        assert lost.startswith("chosen_tokens: ChangedInPlace: the model changed a captured"), lost
+        assert None not in span.attributes["corevital.logits.entropy.mean"]
+        assert set(span.attributes["corevital.logits.surprisal.mean"]) == {None}  # no token to score
