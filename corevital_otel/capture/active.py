@@ -7,7 +7,7 @@ generate() calls in several threads never feed each other's capture.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -17,8 +17,9 @@ class CaptureObserver(Protocol):
     one). A protocol, not an import: the session module imports this one, and types must not close a
     circle."""
 
-    # id(function) -> what the attention lookup hands the model instead of ``function`` for this call.
-    attention_observers: dict[int, Callable[..., Any]]
+    # (id(attention interface), the lookup's arguments) -> what the attention lookup hands the model for
+    # the rest of this call.
+    attention_observers: dict[Hashable, Callable[..., Any]]
 
     def observer_of(self, function: Callable[..., Any]) -> Callable[..., Any]: ...
 

@@ -5,7 +5,9 @@ transformers models fetch their attention function at call time with
 ``corevital_otel.patching``'s table, installed :class:`~corevital_otel.patching.Direct`: it runs on every
 layer of every step): when the calling thread has no active capture it returns exactly what it returned
 before; when it has one, it returns the session's observer of that function, which hands query/key/mask to
-the session and then calls the real function (sdpa, flash, flex, eager or a user registration). The model
+the session and then calls the real function (sdpa, flash, flex, eager or a user registration). The
+observer is found once per call and set of lookup arguments, so transformers' own lookup does not run
+again on every layer and step of a traced call (it is the same function each time). The model
 keeps its kernel and its outputs are untouched. Under torch.compile the proxy returns the real function (no
 capture inside a compiled forward; the span says so). What the session does with query and key (stash the
 new query row, score it later) is its business; the maths lives in ``attention_math``.
@@ -40,20 +42,26 @@ def _interface_proxy(get_interface: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(get_interface)
     def proxy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        function = get_interface(self, *args, **kwargs)
         # A compiled forward traces this: the branch folds away and the graph calls the model's own
         # function. (Looking the capture up there broke the graph in every layer, and tracing on into the
         # session guarded on its state: a recompilation per step until dynamo gave up and ran the layer
         # eagerly.)
         if is_compiling():
-            return function
+            return get_interface(self, *args, **kwargs)
         session = ACTIVE_CAPTURE.get()
         if session is None:
-            return function
-        # The session's observer of this function, made once per call (its dict holds the function: the
-        # id stays unique while the entry lives).
-        observed = session.attention_observers.get(id(function))
-        return observed if observed is not None else session.observer_of(function)
+            return get_interface(self, *args, **kwargs)
+        # The session's observer for these arguments (an implementation's name and the model's eager
+        # default), made at the call's first lookup: transformers' own checks and mapping reads run once
+        # per call, not on every layer of every step. The key holds the default function, so its id
+        # stays unique while the entry lives.
+        key = (id(self), args) if not kwargs else None
+        observed = session.attention_observers.get(key) if key is not None else None
+        if observed is None:
+            observed = session.observer_of(get_interface(self, *args, **kwargs))
+            if key is not None:
+                session.attention_observers[key] = observed
+        return observed
 
     return proxy
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -133,8 +133,9 @@ class CaptureSession:
         # with a forward hook of ours instead (a tapped class's forward also runs in these: not reported).
         self._tapped: dict[int, int] = {}
         self._hooked: dict[int, int] = {}
-        # id(attention function) -> what the model calls instead during this call (see observer_of).
-        self.attention_observers: dict[int, Callable[..., Any]] = {}
+        # An attention lookup's arguments -> what the model calls instead during this call (see
+        # capture/attention.py and observer_of).
+        self.attention_observers: dict[Hashable, Callable[..., Any]] = {}
         self._prompt_root_hook: torch.utils.hooks.RemovableHandle | None = None  # off after the prefill
         self._layer_keys = new_layer_keys(layout.num_layers)
         self._logits_buffer = ReusedBuffer()  # the folds' attention logits, reused block after block
@@ -408,11 +409,9 @@ class CaptureSession:
     def observer_of(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """What the model calls instead of attention function ``function`` for the rest of this call:
         an observer that stashes its query rows first, or ``function`` itself when attention is not
-        captured (any more). Kept in ``attention_observers``, where the attention lookup finds it."""
+        captured (any more). The attention lookup keeps it in ``attention_observers``."""
         capturing = self.switches.attention and "attention" not in self.failures
-        observed = observing(self.observe_attention, function) if capturing else function
-        self.attention_observers[id(function)] = observed
-        return observed
+        return observing(self.observe_attention, function) if capturing else function
 
     def observe_attention(
         self,
