@@ -184,8 +184,9 @@ class Variant:
         self.name = name
         self.shape = shape
         self.device = device
+        self.shares_model = model is not None
         # output_flags needs eager attention: a shared model is switched to it for this variant's calls.
-        self.switches_attention = model is not None and name == "output_flags"
+        self.switches_attention = self.shares_model and name == "output_flags"
         if model is None:
             model = build_model(shape.model, "eager" if name == "output_flags" else "sdpa", device)
             if shape.compiled:
@@ -203,7 +204,6 @@ class Variant:
             )
         self.providers: tuple[Any, Any] | None = None
         self.last_output: Any = None
-        self.shares_model = model is not None
         self.hooks_before: dict[tuple[torch.nn.Module, int], Callable[..., Any]] = {}
         # output_flags on the shared model: transformers' output-recording hooks, kept between its calls.
         self.recording_hooks: dict[tuple[torch.nn.Module, int], Callable[..., Any]] = {}
