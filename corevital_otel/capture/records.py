@@ -13,8 +13,9 @@ from .attention_math import query_probabilities
 
 
 class _ComputedOnRead:
-    """A record field whose held value may stand for the one plugins read: ``compute(record, held)`` gives
-    the value to read, computed (and then kept in place of ``held``) on first read only."""
+    """A record field that may hold a stand-in for its value (attention logits for the weights), so the
+    value is computed only if something reads it: ``compute(record, held)`` returns what to read, and
+    that result replaces ``held``, so later reads get it as it is."""
 
     def __init__(self, compute: Callable[[Any, Any], Any]) -> None:
         self.compute = compute
