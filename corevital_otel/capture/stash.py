@@ -191,7 +191,7 @@ class StepStash:
         self.hidden_refs: list[tuple[int, int, torch.Tensor, int | None]] = []
         self.query_bytes_checked = False  # the block's length was fitted to the attention it will score
         # (slot, the tokens it chose (rows,) or the next pass' input ids (rows, positions), their version):
-        # references, read at fold (an index and a copy per step cost more than the step's hooks).
+        # references, read at fold (an index and a copy every step cost about what three layers' hooks do).
         self.chosen_refs: list[tuple[int, torch.Tensor, int | None]] = []
         self.chosen_error: Exception | None = None  # a kept token tensor was changed in place
         # Per slot (preallocated: the hooks run on every layer of every step, so they stay minimal):
