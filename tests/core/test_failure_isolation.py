@@ -82,6 +82,22 @@ def _generate_twice(model) -> list[torch.Tensor]:
     ]
 
 
+def _generations_losing(kind: str, model, reference, handles, telemetry) -> list:
+    """Two calls with ``handles``' hooks on the model (removed after): the same tokens as ``reference``,
+    and spans that lost exactly ``kind``, to a tensor changed in place before it was read."""
+    try:
+        outputs = _generate_twice(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
+    spans = telemetry.generation_spans()
+    for span in spans:
+        (lost,) = span.attributes["corevital.capture.lost"]
+        assert lost.startswith(f"{kind}: ChangedInPlace: the model changed a captured"), lost
+    return spans
+
+
 def _per_call(phase: str) -> int:
     return MAX_NEW if phase == "corevital_step" else 1
 
@@ -219,16 +235,9 @@ def test_a_kept_tensor_changed_in_place_is_never_read(family, quiet):
     def touch(module, args):
         args[0].add_(0.0)
 
-    handle = layers[1].register_forward_pre_hook(touch)
-    try:
-        telemetry = quiet(logits_plugin, hidden_plugin)
-        outputs = _generate_twice(model)
-    finally:
-        handle.remove()
-    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
-    for span in telemetry.generation_spans():
-        (lost,) = span.attributes["corevital.capture.lost"]
-        assert lost.startswith("hidden_states: ChangedInPlace: the model changed a captured"), lost
+    telemetry = quiet(logits_plugin, hidden_plugin)
+    handles = [layers[1].register_forward_pre_hook(touch)]
+    for span in _generations_losing("hidden_states", model, reference, handles, telemetry):
         assert "corevital.logits.entropy.mean" in span.attributes
         assert not any(name.startswith("corevital.hidden") for name in span.attributes)
 
@@ -250,15 +259,7 @@ def test_logits_changed_in_place_after_the_step_are_never_read(quiet):
             logits.add_(0.0)  # values unchanged, version + 1
 
     handles = [model.register_forward_hook(keep), model.register_forward_pre_hook(touch)]
-    try:
-        outputs = _generate_twice(model)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
-    for span in telemetry.generation_spans():
-        (lost,) = span.attributes["corevital.capture.lost"]
-        assert lost.startswith("logits: ChangedInPlace: the model changed a captured"), lost
+    for span in _generations_losing("logits", model, reference, handles, telemetry):
         assert "corevital.logits.entropy.mean" not in span.attributes
 
 
@@ -277,14 +278,7 @@ def test_input_ids_changed_in_place_after_the_step_are_never_read(quiet):
             ids.add_(0)  # values unchanged, version + 1
         seen[:] = [kwargs["input_ids"]]
 
-    handle = model.register_forward_pre_hook(touch, with_kwargs=True)
-    try:
-        outputs = _generate_twice(model)
-    finally:
-        handle.remove()
-    assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
-    for span in telemetry.generation_spans():
-        (lost,) = span.attributes["corevital.capture.lost"]
-        assert lost.startswith("chosen_tokens: ChangedInPlace: the model changed a captured"), lost
+    handles = [model.register_forward_pre_hook(touch, with_kwargs=True)]
+    for span in _generations_losing("chosen_tokens", model, reference, handles, telemetry):
         assert None not in span.attributes["corevital.logits.entropy.mean"]
         assert set(span.attributes["corevital.logits.surprisal.mean"]) == {None}  # no token to score
