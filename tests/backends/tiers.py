@@ -61,10 +61,20 @@ def choose(
     pytest.skip(f"no {backend}: set {env_var}, {local}or run a Docker engine — {problem}{why_not_built}")
 
 
+# Ports this process handed out: a port is only taken once its server binds it, so two servers whose
+# ports were chosen before either started could otherwise get the same one ("address already in use").
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, and never one this process handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_http(
