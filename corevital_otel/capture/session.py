@@ -447,7 +447,7 @@ class CaptureSession:
             if appending is None:
                 appending = self._appending[layer] = cache_layer_appends(self.cache, layer)
             per_step = self.per_step_attention or not appending
-            if self._stash.put_attention(layer, query, key, mask, kwargs, per_step) and not per_step:
+            if self._stash.put_attention(layer, query, key, mask, kwargs, per_step):
                 self._attention_lanes[id(module)] = self._stash.keys[layer]
         except Exception as error:  # noqa: BLE001
             self.fail("attention", error)

@@ -75,7 +75,7 @@ class _LayerKeys:
             self.pending.append((slot, query, query._version))
         except RuntimeError:  # made under torch.inference_mode(): no version counter to check
             self.pending.append((slot, query.clone(), None))
-        if mask is not None and isinstance(mask, torch.Tensor) and mask.dim() == 4:  # no entry: no mask
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:  # no entry: no mask
             self.masks[slot] = mask
         self.key, self.key_count = key, count
         self.scaling, self.softcap = kwargs.get("scaling"), kwargs.get("softcap")

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).with_name("hook_paths.py")
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("hook_paths", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("hook_paths", module)
-    spec.loader.exec_module(module)
-    return sys.modules["hook_paths"]
+from tests.benchmarks.scripts import load_script
 
 
 def test_every_path_is_timed_with_the_capture_keeping_every_step(capsys):
-    hook_paths = _script()
+    hook_paths = load_script("hook_paths")
     hook_paths.main(["--steps", "12", "--layers", "2", "--evict-mib", "1", "--vocab", "64"])
     lines = capsys.readouterr().out.splitlines()
     table = [line for line in lines if line.startswith("| ") and "µs" not in line]
@@ -32,4 +20,4 @@ def test_every_path_is_timed_with_the_capture_keeping_every_step(capsys):
 
 def test_too_few_steps_are_refused():
     with pytest.raises(SystemExit):
-        _script().parse_arguments(["--steps", "3"])
+        load_script("hook_paths").parse_arguments(["--steps", "3"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import subprocess
@@ -12,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# The benchmark is a script, not a package module: load it from its file.
-_SPEC = importlib.util.spec_from_file_location("overhead", Path(__file__).with_name("overhead.py"))
-overhead = importlib.util.module_from_spec(_SPEC)
-sys.modules["overhead"] = overhead  # dataclasses look their module up there
-_SPEC.loader.exec_module(overhead)
+from tests.benchmarks.scripts import load_script
+
+overhead = load_script("overhead")
 
 
 def test_benchmark_smoke_grid_writes_a_table(tmp_path):

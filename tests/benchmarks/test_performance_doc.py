@@ -6,12 +6,12 @@ by its own script's argument parser, so a renamed grid, option or script fails t
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "performance.md"
@@ -22,14 +22,6 @@ def _commands() -> list[str]:
     section = text[text.index("## The commands") :]
     block = section[section.index("```bash\n") + len("```bash\n") : section.index("```\n", 8)]
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
-
-
-def _script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(path.stem, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return sys.modules[path.stem]
 
 
 def test_the_doc_shows_commands():
@@ -44,5 +36,5 @@ def test_each_command_parses(command):
     assert words[0] == ".venv/bin/python", command
     script = ROOT / words[1]
     assert script.is_file(), command
-    module = _script(script)
+    module = load_script(script)
     module.parse_arguments(words[2:])  # argparse exits (SystemExit) on anything it does not accept

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import statistics
@@ -11,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-# A script, not a package module: loaded from its file (it imports overhead.py from beside itself).
-_SPEC = importlib.util.spec_from_file_location("pool_runs", Path(__file__).with_name("pool_runs.py"))
-pool_runs = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(pool_runs)
+from tests.benchmarks.scripts import load_script
+
+pool_runs = load_script("pool_runs")  # it imports overhead.py from beside itself
 
 ROOT = Path(__file__).resolve().parents[2]
 
