@@ -92,6 +92,7 @@ def _generations_losing(kind: str, model, reference, handles, telemetry) -> list
             handle.remove()
     assert all(torch.equal(output, expected) for output, expected in zip(outputs, reference, strict=True))
     spans = telemetry.generation_spans()
+    assert len(spans) == len(reference)  # one span per call: the checks below cannot pass on none
     for span in spans:
         (lost,) = span.attributes["corevital.capture.lost"]
         assert lost.startswith(f"{kind}: ChangedInPlace: the model changed a captured"), lost
