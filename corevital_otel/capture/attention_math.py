@@ -8,6 +8,7 @@ uses it on demand.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -43,6 +44,13 @@ def _block_keys(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     cap = torch.full(allowed.shape, inf, device=scores.device).masked_fill_(~allowed, lowest)
     scores.nan_to_num_(nan=inf, posinf=inf, neginf=-inf)
     return torch.minimum(scores, cap, out=scores)
+
+
+def four_d_mask(mask: Any) -> torch.Tensor | None:
+    """The attention mask a layer's function got, if it is one the scoring can read: a 4-D tensor
+    ``(rows, 1 or heads, queries, keys)``, boolean or additive. None for anything else (no mask, a 2-D
+    padding mask some kernels take, a flex ``BlockMask``): the rows are then scored unmasked."""
+    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
 
 
 def allowed_keys(mask: torch.Tensor) -> torch.Tensor:

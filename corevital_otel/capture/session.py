@@ -27,6 +27,7 @@ from torch import nn
 from . import layer_taps
 from .active import ACTIVE_CAPTURE
 from .attention import observing
+from .attention_math import four_d_mask
 from .heap import release_freed_memory
 from .layers import ModelLayout
 from .records import AttentionInputs, PromptCapture, StepBlock
@@ -465,7 +466,7 @@ class CaptureSession:
         self.prompt_attention[layer] = AttentionInputs(
             query=query,
             key=key,
-            mask=mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None,
+            mask=four_d_mask(mask),
             scaling=kwargs.get("scaling"),
             position_bias=kwargs.get("position_bias"),
             softcap=kwargs.get("softcap"),

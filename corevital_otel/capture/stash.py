@@ -28,6 +28,7 @@ from torch.nn import functional
 
 from .attention_math import (
     allowed_keys,
+    four_d_mask,
     new_query_probabilities,
     query_probabilities,
     softmax_in_place,
@@ -75,6 +76,7 @@ class _LayerKeys:
             self.pending.append((slot, query, query._version))
         except RuntimeError:  # made under torch.inference_mode(): no version counter to check
             self.pending.append((slot, query.clone(), None))
+        # four_d_mask() inline: this runs on every layer of every step, where a call costs more than the test.
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:  # no entry: no mask
             self.masks[slot] = mask
         self.key, self.key_count = key, count
@@ -264,7 +266,7 @@ class StepStash:
         layer: int,
         query: torch.Tensor,
         key: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: Any,
         kwargs: dict,
         per_step: bool,
     ) -> bool:
@@ -278,8 +280,7 @@ class StepStash:
             self._check_rows(rows)
         position_bias, softcap = kwargs.get("position_bias"), kwargs.get("softcap")
         appends = state.key_count is None or count == state.key_count + positions
-        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
-            mask = None
+        mask = four_d_mask(mask)
         if per_step or position_bias is not None or not appends:
             self.settle(layer)  # the pending rows' keys are about to change: score them on the old ones
             probs, counts = new_query_probabilities(
