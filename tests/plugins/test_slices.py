@@ -4,15 +4,13 @@ slice, and a ragged last slice) and compare every per-step and per-layer value."
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
 import torch
 
-from corevital_otel import row_values
 from corevital_otel.plugins import _slices
-from tests.support.plugin_testing import llama
+from tests.support.plugin_testing import array_of, llama
 from tests.support.tiny_models import VOCAB
 
 ROWS, NEW_TOKENS = 2, 9
@@ -26,8 +24,8 @@ def _step_values(telemetry: Any, monkeypatch: pytest.MonkeyPatch, slice_elements
     model.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     attributes = dict(telemetry.generation_spans()[-1].attributes)
     values = {
-        name: [math.nan if item is None else item for item in row_values(value)]
-        for name, value in attributes.items()
+        name: array_of(attributes, name)
+        for name in attributes
         if name.startswith(("corevital.steps.", "corevital.layers.")) and "seconds" not in name
     }
     assert any(name.startswith("corevital.steps.logits.") for name in values)
