@@ -25,16 +25,6 @@ from ..patching import Direct
 from .active import ACTIVE_CAPTURE
 
 
-def observing(observe: Callable[..., None], function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` with ``observe(module, query, key, attention_mask, kwargs)`` called first."""
-
-    def observed(module, query, key, value, attention_mask, *args, **kwargs):
-        observe(module, query, key, attention_mask, kwargs)
-        return function(module, query, key, value, attention_mask, *args, **kwargs)
-
-    return observed
-
-
 def _interface_proxy(get_interface: Callable[..., Any]) -> Callable[..., Any]:
     # Dynamo folds this to True while it traces; run eagerly it is one frame that returns False, where
     # torch.compiler.is_compiling takes two (this runs on every layer of every step).

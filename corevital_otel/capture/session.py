@@ -26,7 +26,6 @@ from torch import nn
 
 from . import layer_taps
 from .active import ACTIVE_CAPTURE
-from .attention import observing
 from .attention_math import four_d_mask
 from .heap import release_freed_memory
 from .layers import ModelLayout
@@ -141,7 +140,7 @@ class CaptureSession:
         self._layer_keys = new_layer_keys(layout.num_layers)
         self._logits_buffer = ReusedBuffer()  # the folds' attention logits, reused block after block
         # The short paths of a decoding step, for layers whose earlier call took the long one (see
-        # layer_output, observe_attention): id(tapped decoder layer) -> its index, for the whole call;
+        # layer_output, observer_of): id(tapped decoder layer) -> its index, for the whole call;
         # id(attention module) -> its layer's keys, for the current block. Emptied when that kind fails.
         self._hidden_lanes: dict[int, int] = {}
         self._attention_lanes: dict[int, Any] = {}
@@ -410,9 +409,25 @@ class CaptureSession:
     def observer_of(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """What the model calls instead of attention function ``function`` for the rest of this call:
         an observer that stashes its query rows first, or ``function`` itself when attention is not
-        captured (any more). The attention lookup keeps it in ``attention_observers``."""
-        capturing = self.switches.attention and "attention" not in self.failures
-        return observing(self.observe_attention, function) if capturing else function
+        captured (any more). The attention lookup keeps it in ``attention_observers``.
+
+        The observer runs for every layer of every step, cold between two layers' matmuls: a decoding
+        step of a layer let in this block goes from it straight to its keys' short path
+        (:meth:`~.stash._LayerKeys.keep_row`), one frame fewer than through :meth:`observe_attention`."""
+        if not self.switches.attention or "attention" in self.failures:
+            return function
+        lanes, observe, fail = self._attention_lanes, self.observe_attention, self.fail
+
+        def observed(module, query, key, value, attention_mask, *args, **kwargs):
+            lane = lanes.get(id(module))
+            try:
+                if lane is None or not lane.keep_row(self._slot, query, key, attention_mask, kwargs):
+                    observe(module, query, key, attention_mask, kwargs)
+            except Exception as error:  # noqa: BLE001 - a hook error would break the model's forward
+                fail("attention", error)
+            return function(module, query, key, value, attention_mask, *args, **kwargs)
+
+        return observed
 
     def observe_attention(
         self,
@@ -422,17 +437,8 @@ class CaptureSession:
         mask: torch.Tensor | None,
         kwargs: dict,
     ) -> None:
-        """Called by this session's observer (``observer_of``) for every attention call on this thread.
-
-        Runs for every layer of every step, cold like ``layer_output``: a decoding step of a layer let in
-        this block goes straight to its keys' short path (``keep_row``)."""
-        lane = self._attention_lanes.get(id(module))
-        try:
-            if lane is not None and lane.keep_row(self._slot, query, key, mask, kwargs):
-                return
-        except Exception as error:  # noqa: BLE001 - a hook error would break the model's forward
-            self.fail("attention", error)
-            return
+        """An attention call this session's observer (``observer_of``) did not send down a layer's short
+        path: the prefill, a block's first decoding step, a layer that scores its rows per step."""
         if "attention" in self.failures:
             return
         try:

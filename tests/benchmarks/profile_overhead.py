@@ -75,6 +75,7 @@ def install() -> None:
     # A layer's output reaches layer_output from its tapped class, or _after_layer from a forward hook.
     for name in ("_before_forward", "_after_forward", "layer_output", "_after_layer", "observe_attention"):
         _timed(session.CaptureSession, name, f"hook {name}")
+    _timed(stash._LayerKeys, "keep_row", "hook keep_row")  # a decoding step's attention, from the observer
     _timed(stash.StepStash, "fold", "fold (attention scoring)")
     _timed(generation.GenerationCall, "_deliver_prompt", "prompt analysis")
     _timed(generation.GenerationCall, "_finish", "after generate(): analysis and emission")

@@ -17,6 +17,7 @@ import transformers
 
 from corevital_otel import StepCapture, hookimpl
 from corevital_otel.capture.session import CaptureSession
+from corevital_otel.capture.stash import _LayerKeys
 from corevital_otel.generation import GenerationCall
 from tests.support.tiny_models import FAMILIES, build_model, prompt_batch
 
@@ -231,13 +232,16 @@ def test_no_host_sync_while_generating(family, instrumented, monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    for name in ("_before_forward", "_after_forward", "layer_output", "observe_attention"):
-        original = getattr(CaptureSession, name)
+    # The hooks' entry points, and a decoding step's attention short path (the observer calls it first).
+    hooks = [(CaptureSession, name) for name in ("_before_forward", "_after_forward", "layer_output")]
+    hooks += [(CaptureSession, "observe_attention"), (_LayerKeys, "keep_row")]
+    for owner, name in hooks:
+        original = getattr(owner, name)
 
         def guarded(*args, _original=original, **kwargs):
             return _with_flag(state, True, _original, *args, **kwargs)
 
-        monkeypatch.setattr(CaptureSession, name, guarded)
+        monkeypatch.setattr(owner, name, guarded)
     # The prompt phase runs once per call and returns host values by contract: one transfer is allowed.
     deliver_prompt = GenerationCall._deliver_prompt
     monkeypatch.setattr(
