@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import sys
@@ -29,6 +30,22 @@ LONG = Probe("long", "w30", r"", max_new_tokens=240)
 @pytest.fixture(scope="module")
 def gpt2():
     return build_model("gpt2")
+
+
+@pytest.fixture
+def slow_gpt2(gpt2, monkeypatch):
+    """The tiny model at a few milliseconds a forward pass, for this test only: the 240-token probe is
+    still generating when the deadlines below pass, however fast the machine (unslowed, it finished in
+    under 0.2 s on a quiet one)."""
+    forward = gpt2.forward
+
+    @functools.wraps(forward)
+    def slowed(*args, **kwargs):
+        time.sleep(0.005)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setitem(gpt2.__dict__, "forward", slowed)
+    return gpt2
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +98,17 @@ def test_uninstrumented_probes_still_pass_or_fail(telemetry, gpt2):
     assert [(r.outcome, r.risk, r.entropy) for r in results] == [("pass", None, None), ("fail", None, None)]
 
 
-def test_the_deadline_ends_a_generation_in_flight(instrumented, gpt2):
+def test_the_deadline_ends_a_generation_in_flight(instrumented, slow_gpt2):
     telemetry = instrumented()
     started = time.monotonic()
-    results = _canary(telemetry, gpt2, [LONG, QUICK]).run(count=5, interval=0, timeout=0.2)
+    results = _canary(telemetry, slow_gpt2, [LONG, QUICK]).run(count=5, interval=0, timeout=0.2)
     assert time.monotonic() - started < 2.0
     assert [r.outcome for r in results] == ["timeout"]  # and nothing started after the deadline
 
 
-def test_stop_cancels_and_ends_the_run(instrumented, gpt2):
+def test_stop_cancels_and_ends_the_run(instrumented, slow_gpt2):
     telemetry = instrumented()
-    canary = _canary(telemetry, gpt2, [LONG, QUICK])
+    canary = _canary(telemetry, slow_gpt2, [LONG, QUICK])
     threading.Timer(0.1, canary.stop.set).start()
     results = canary.run(count=3, interval=0, timeout=60)
     assert [r.outcome for r in results] == ["cancelled"]
